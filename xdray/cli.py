@@ -1,0 +1,85 @@
+"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples`.
+
+Every problem the user can fix ends as one line on stderr and exit status 2 (bad config / input) or 1
+(a step failed); tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from xdray.errors import XdrayError
+
+COMMANDS = {
+    "pipeline": "teacher → label → distill → search, skipping steps whose outputs are complete",
+    "teacher": "fine-tune the teacher on the labeled train split (Ray Train + DeepSpeed)",
+    "label": "label the transfer corpus with the teacher (Ray Data actor pool) into Parquet",
+    "distill": "distil the student from the labelled Parquet, then the labeled split (Ray Train + DeepSpeed)",
+    "search": "search student architectures with Ray Tune, every trial on the same Parquet",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xdray", description="XtremeDistil transformers on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("config", help="YAML job spec, e.g. jobs/quickstart.yaml")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set distill.workers=1 (repeatable)")
+    data = sub.add_parser("data", help="prepare data").add_subparsers(dest="data_command", required=True)
+    samples = data.add_parser("samples", help="prepare the offline sample data (VADER movie task, MiniLM-L6)")
+    samples.add_argument("--dir", default="data/samples", type=Path, help="where to write (default data/samples)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            return _samples(args.dir)
+        return _run(args.command, args.config, args.overrides)
+    except XdrayError as e:
+        print(f"xdray {args.command}: error: {e}", file=sys.stderr)
+        return 2 if type(e).__name__ == "ConfigError" else 1
+    except KeyboardInterrupt:
+        print(f"xdray {args.command}: interrupted; completed steps are kept, rerun to continue", file=sys.stderr)
+        return 130
+
+
+def _samples(directory: Path) -> int:
+    from xdray.data.samples import prepare_samples
+
+    manifest = prepare_samples(directory)
+    rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
+    print(f"sample data ready in {directory}: movie sentiment ({rows}), {manifest['transfer_lines']} transfer lines")
+    return 0
+
+
+def _run(command: str, config_path: str, overrides: list[str]) -> int:
+    from xdray.config import load_config
+    from xdray.runtime import STEPS, check_inputs
+
+    cfg = load_config(config_path, overrides)
+    check_inputs(cfg, STEPS if command == "pipeline" else (command,))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from xdray.pipeline import run_pipeline, run_step
+    from xdray.tracking import Tracker
+
+    tracker = Tracker.for_config(cfg)
+    if command == "pipeline":
+        run_pipeline(cfg, tracker)
+    else:
+        summary = run_step(cfg, tracker, command)
+        print(f"xdray {command}: done; summary in {cfg.step_dir(command) / 'summary.json'}")
+        headline = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "mlflow_run_id"}
+        print("  " + ", ".join(f"{k}={v}" for k, v in headline.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""One typed config tree for every xdray command; the YAML files in ``jobs/`` mirror it 1:1.
+
+Validation happens here, before any Ray work starts, and every problem becomes one line that names the
+key and the fix (``ConfigError``). Relative paths are resolved against the current directory at load time,
+because Ray workers run in other directories.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xdray.errors import XdrayError
+
+
+class ConfigError(XdrayError):
+    """A config that cannot run; the message is one line naming the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(_Section):
+    address: str | None = None
+    """Ray cluster address (``auto``, ``ray://host:10001``); None starts a local Ray instance."""
+    num_cpus: int | None = Field(None, ge=1)
+    """Logical CPUs of a local instance; None = max(4, cores) so Ray Data tasks are not starved by workers."""
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = None
+    """None = a SQLite store at <output_dir>/mlflow.db with artifacts under <output_dir>/mlartifacts."""
+    experiment: str = "xdray"
+
+
+class DataConfig(_Section):
+    train: Path
+    dev: Path
+    test: Path
+    """Labeled splits: TSV files with a header and columns ``text`` and ``label``."""
+    transfer: list[Path] = Field(min_length=1)
+    """Unlabeled transfer corpora: text files, one sentence per line."""
+    max_length: int = Field(64, ge=8, le=4096)
+    max_train_rows: int | None = Field(None, ge=1)
+    """Subsample the labeled train split (fixed seed) to bound run time; None uses all rows."""
+    max_transfer_rows: int | None = Field(None, ge=1)
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: int = Field(2, ge=0, le=3)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_clip: float = Field(1.0, ge=0)
+
+
+class TrainerConfig(_Section):
+    """What every Ray Train + DeepSpeed job shares (teacher fine-tuning, distillation, search trials)."""
+
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    batch_size: int = Field(32, ge=1)
+    """Per-worker micro batch."""
+    lr: float = Field(1e-3, gt=0)
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> TrainerConfig:
+        if self.deepspeed.precision == "fp16" and not self.use_gpu:
+            raise ValueError("deepspeed.precision=fp16 is not supported on CPU; fix: use bf16 or fp32")
+        return self
+
+
+class TeacherConfig(TrainerConfig):
+    backbone: str
+    """A local HF encoder directory or a hub id; a classification head is added and fine-tuned."""
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    trust_remote_code: bool = False
+
+
+class LabelConfig(_Section):
+    teacher: Path | None = None
+    """Teacher directory to label with; None = <output_dir>/teacher/model."""
+    batch_size: int = Field(64, ge=1)
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+
+
+class StudentConfig(_Section):
+    layers: int = Field(2, ge=1, le=48)
+    hidden: int = Field(128, ge=8)
+    heads: int = Field(2, ge=1)
+    intermediate: int | None = Field(None, ge=8)
+    """FFN width; None = 4 x hidden."""
+    embeddings: Literal["pca", "random"] = "pca"
+    """``pca``: the teacher's word embeddings compressed to the student's width (the paper's initialisation)."""
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> StudentConfig:
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"hidden={self.hidden} is not divisible by heads={self.heads}; "
+                "fix: choose heads that divide hidden (e.g. hidden/64)"
+            )
+        return self
+
+
+class StageConfig(_Section):
+    name: str
+    data: Literal["transfer", "train"]
+    """``transfer``: the teacher-labelled corpus; ``train``: the labeled source split."""
+    loss: Literal["logits_mse", "logits_kl", "ce"]
+    epochs: int = Field(1, ge=1)
+    temperature: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _loss_fits_data(self) -> StageConfig:
+        if self.data == "train" and self.loss != "ce":
+            raise ValueError(
+                f"stage '{self.name}': loss {self.loss} needs teacher logits; fix: use data: transfer or loss: ce"
+            )
+        if self.data == "transfer" and self.loss == "ce":
+            raise ValueError(f"stage '{self.name}': the transfer set has no labels; fix: use a logits_* loss")
+        return self
+
+
+class DistillConfig(TrainerConfig):
+    student: StudentConfig = StudentConfig()
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [
+            StageConfig(name="logits", data="transfer", loss="logits_mse", epochs=2),
+            StageConfig(name="labels", data="train", loss="ce", epochs=1),
+        ],
+        min_length=1,
+    )
+    labels: Path | None = None
+    """Labelled Parquet directory; None = <output_dir>/label/data."""
+    workers: int = Field(2, ge=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        names = [s.name for s in stages]
+        if len(names) != len(set(names)):
+            raise ValueError(f"stage names must be unique, got {names}; fix: rename the repeated stage")
+        return stages
+
+
+class SearchConfig(_Section):
+    layers: list[int] = Field([1, 2], min_length=1)
+    hidden: list[int] = Field([64, 128], min_length=1)
+    head_size: int = Field(64, ge=8)
+    """Heads are derived as hidden / head_size (at least 1), so every architecture in the grid is valid."""
+    workers_per_trial: int = Field(1, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    metric: Literal["dev_accuracy"] = "dev_accuracy"
+
+    @field_validator("layers", "hidden")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError(f"values must be positive integers, got {values}")
+        return values
+
+    @model_validator(mode="after")
+    def _hidden_fits_heads(self) -> SearchConfig:
+        for h in self.hidden:
+            if h >= self.head_size and h % self.head_size:
+                raise ValueError(
+                    f"hidden={h} is not a multiple of head_size={self.head_size}; fix: use multiples of head_size"
+                )
+        return self
+
+
+class XdrayConfig(_Section):
+    output_dir: Path
+    seed: int = 0
+    ray: RayConfig = RayConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    data: DataConfig
+    teacher: TeacherConfig
+    label: LabelConfig = LabelConfig()
+    distill: DistillConfig = DistillConfig()
+    search: SearchConfig = SearchConfig()
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> XdrayConfig:
+        """Make every path absolute now: Ray workers and Tune trials run in other working directories."""
+        object.__setattr__(self, "output_dir", self.output_dir.expanduser().resolve())
+        d = self.data
+        for key in ("train", "dev", "test"):
+            object.__setattr__(d, key, getattr(d, key).expanduser().resolve())
+        object.__setattr__(d, "transfer", [p.expanduser().resolve() for p in d.transfer])
+        if self.label.teacher is not None:
+            object.__setattr__(self.label, "teacher", self.label.teacher.expanduser().resolve())
+        if self.distill.labels is not None:
+            object.__setattr__(self.distill, "labels", self.distill.labels.expanduser().resolve())
+        if looks_local(self.teacher.backbone):
+            object.__setattr__(self.teacher, "backbone", str(Path(self.teacher.backbone).expanduser().resolve()))
+        return self
+
+    def step_dir(self, step: str) -> Path:
+        return self.output_dir / step
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.label.teacher or self.step_dir("teacher") / "model"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.distill.labels or self.step_dir("label") / "data"
+
+
+def looks_local(name: str) -> bool:
+    """Hub ids look like ``org/name``; anything that exists or starts like a path is local."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading, overrides and one-line errors
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> XdrayConfig:
+    """Read YAML, apply ``a.b=c`` overrides (values parsed as YAML), validate into an ``XdrayConfig``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; fix: pass the path of a YAML file such as jobs/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}; fix: correct the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections; fix: see jobs/quickstart.yaml")
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> XdrayConfig:
+    try:
+        return XdrayConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key):
+        raise ConfigError(f"bad override '{item}'; fix: write --set section.key=value (e.g. distill.workers=1)")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"bad override '{item}': {part} is not a section; fix: check the key path")
+        node = node.setdefault(part, {})
+    parsed = yaml.safe_load(value) if value else None
+    if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
+        node[int(leaf)] = parsed
+    elif isinstance(node, dict):
+        node[leaf] = parsed
+    else:
+        raise ConfigError(f"bad override '{item}': cannot set {leaf} there; fix: check the key path")
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key; fix: remove it or correct its spelling (see the config reference in README.md)"
+    if kind == "missing":
+        return f"{loc}: required key is missing; fix: add it to the config (see jobs/quickstart.yaml)"
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        return f"{loc}: {msg}" if loc else msg
+    got = err.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    return f"{loc}: {msg}{shown}; fix: give a valid value for {loc or 'the config'}"

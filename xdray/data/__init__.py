@@ -1,0 +1,1 @@
+"""Data: labeled task splits, unlabeled transfer corpora, and the offline sample data."""

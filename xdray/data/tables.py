@@ -1,0 +1,100 @@
+"""Reading labeled splits and transfer corpora, with stable content-derived ids.
+
+Labeled splits are TSV files with a header and columns ``text`` and ``label`` (integer class ids).
+Transfer corpora are text files, one sentence per line; blank lines are dropped and exact duplicates are
+kept once, so the labelled Parquet has exactly one row per id.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from xdray.errors import XdrayError
+
+
+@dataclass(frozen=True)
+class LabeledSplit:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subsample(self, n: int | None, seed: int) -> LabeledSplit:
+        if n is None or n >= len(self):
+            return self
+        idx = sorted(random.Random(seed).sample(range(len(self)), n))
+        return LabeledSplit([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+    def rows(self) -> list[dict]:
+        return [{"text": t, "label": y} for t, y in zip(self.texts, self.labels)]
+
+
+def read_labeled(path: Path) -> LabeledSplit:
+    texts, labels = [], []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
+            raise XdrayError(f"{path}: needs a header with columns 'text' and 'label'; fix: add the header row")
+        for lineno, row in enumerate(reader, start=2):
+            try:
+                labels.append(int(row["label"]))
+            except (TypeError, ValueError):
+                raise XdrayError(
+                    f"{path}:{lineno}: label {row['label']!r} is not an integer class id; fix: use 0..N-1"
+                ) from None
+            texts.append(row["text"] or "")
+    if not texts:
+        raise XdrayError(f"{path}: no rows; fix: point the config at a non-empty split")
+    return LabeledSplit(texts, labels)
+
+
+def write_labeled(path: Path, split: LabeledSplit) -> None:
+    rows = [{"text": t, "label": y} for t, y in zip(split.texts, split.labels)]
+    write_atomic_tsv(path, ["text", "label"], rows)
+
+
+def write_atomic_tsv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Write to a temporary name and rename, so a crash never leaves a half file that looks complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def stable_id(source: str, text: str) -> str:
+    """Content- and source-derived id: reruns and resumes match rows exactly."""
+    return hashlib.blake2b(f"{source}\x00{text}".encode(), digest_size=8).hexdigest()
+
+
+def read_transfer(paths: list[Path], limit: int | None, seed: int) -> tuple[list[str], list[str], dict]:
+    """Read, clean and dedupe transfer corpora; returns (ids, texts, counts of what was dropped)."""
+    seen: dict[str, str] = {}
+    counts = {"lines": 0, "empty": 0, "duplicates": 0}
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                counts["lines"] += 1
+                text = line.strip()
+                if not text:
+                    counts["empty"] += 1
+                    continue
+                # the id ignores the file so the same sentence in two corpora is labelled once
+                key = stable_id("text", text)
+                if key in seen:
+                    counts["duplicates"] += 1
+                    continue
+                seen[key] = text
+    ids = list(seen)
+    if limit is not None and limit < len(ids):
+        ids = sorted(random.Random(seed).sample(ids, limit))
+        counts["subsampled_to"] = limit
+    return ids, [seen[i] for i in ids], counts

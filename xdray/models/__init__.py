@@ -1,0 +1,1 @@
+"""Models: teacher loading and the student builder (plain PyTorch / Hugging Face, no Ray)."""

@@ -1,0 +1,79 @@
+"""Step plumbing: the Ray session, summaries written atomically, and input checks done before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from xdray.config import ConfigError, XdrayConfig, looks_local
+
+STEPS = ("teacher", "label", "distill", "search")
+
+
+@contextmanager
+def ray_session(cfg: XdrayConfig) -> Iterator[None]:
+    """Connect to ``ray.address``, or start a local instance; reuse one that is already running."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address)
+    else:
+        # Train workers and actors reserve whole CPUs; a few extra logical CPUs keep Ray Data's read and
+        # write tasks from starving on a small machine (torch threads follow each worker's own reservation).
+        ray.init(num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def summary_path(cfg: XdrayConfig, step: str) -> Path:
+    return cfg.step_dir(step) / "summary.json"
+
+
+def write_summary(cfg: XdrayConfig, step: str, summary: dict) -> Path:
+    """Written last and atomically: its presence is what marks a step complete."""
+    path = summary_path(cfg, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_summary(cfg: XdrayConfig, step: str) -> dict | None:
+    path = summary_path(cfg, step)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
+    """Fail before any Ray work when an input of ``steps`` is missing (upstream steps in ``steps`` excused)."""
+    need_labeled = {"teacher", "distill", "search"} & set(steps)
+    if need_labeled:
+        for key in ("train", "dev", "test"):
+            _must_exist(getattr(cfg.data, key), f"data.{key}")
+    if "teacher" in steps:
+        backbone = cfg.teacher.backbone
+        if looks_local(backbone) and not Path(backbone).exists():
+            raise ConfigError(
+                f"teacher.backbone: directory not found: {backbone}; fix: run `xdray data samples` or give a "
+                "local HF model directory or hub id"
+            )
+    if "label" in steps:
+        for i, path in enumerate(cfg.data.transfer):
+            _must_exist(path, f"data.transfer[{i}]")
+    if ({"label", "distill", "search"} & set(steps)) and "teacher" not in steps:
+        _must_exist(cfg.teacher_dir / "config.json", "label.teacher", "run `xdray teacher` first or set label.teacher")
+    if ({"distill", "search"} & set(steps)) and "label" not in steps:
+        _must_exist(cfg.labels_dir / "_manifest.json", "distill.labels", "run `xdray label` first or set distill.labels")
+
+
+def _must_exist(path: Path, key: str, fix: str = "run `xdray data samples` or correct the path") -> None:
+    if not path.exists():
+        raise ConfigError(f"{key}: not found: {path}; fix: {fix}")

@@ -1,0 +1,91 @@
+"""MLflow at the edge: one tracking URI per output directory, runs nested as pipeline → step → trial.
+
+We talk to MLflow through ``MlflowClient`` with explicit run ids rather than the fluent API's global active
+run, because runs are written from the driver, from Ray Train rank 0 and from Tune trial drivers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from xdray.config import XdrayConfig
+
+
+def tracking_uri(cfg: XdrayConfig) -> str:
+    return cfg.mlflow.tracking_uri or f"sqlite:///{cfg.output_dir / 'mlflow.db'}"
+
+
+def experiment_id(client: MlflowClient, cfg: XdrayConfig) -> str:
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    # with a local store, artifacts go beside it (absolute: every process has its own working directory);
+    # with a server, the server decides where artifacts live
+    location = (cfg.output_dir / "mlartifacts").as_uri() if cfg.mlflow.tracking_uri is None else None
+    return client.create_experiment(cfg.mlflow.experiment, artifact_location=location)
+
+
+class Tracker:
+    """Thin helper around one tracking URI; all methods take explicit run ids."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(uri)
+
+    @classmethod
+    def for_config(cls, cfg: XdrayConfig) -> Tracker:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        return cls(tracking_uri(cfg))
+
+    @contextmanager
+    def run(self, cfg: XdrayConfig, name: str, parent: str | None = None) -> Iterator[str]:
+        """Open a run (a child of ``parent`` if given); it ends FINISHED, or FAILED if the body raises."""
+        tags = {"mlflow.parentRunId": parent} if parent else {}
+        run = self.client.create_run(experiment_id(self.client, cfg), run_name=name, tags=tags)
+        run_id = run.info.run_id
+        try:
+            yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def params(self, run_id: str, params: dict) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+        for lo in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[lo : lo + 100])
+
+    def metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in _flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def artifact(self, run_id: str, path: Path, subdir: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), subdir)
+        else:
+            self.client.log_artifact(run_id, str(path), subdir)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
