@@ -145,7 +145,7 @@ def worker_loop(config: dict) -> None:
                      "train/samples_per_s": record["samples_per_s"]},
                     step,
                 )
-            ray.train.report({**record, "params": counts["total"], "done": False})
+            ray.train.report({**record, "params": counts["total"], "final": False})
         if best_epoch != stage["epochs"] - 1:  # restore the stage's best epoch (all ranks: collective)
             engine.load_checkpoint(spec.scratch, tag=f"{stage['name']}-best")
     final_dev = _dev_accuracy(engine, tokenizer, spec, rank, world)
@@ -190,7 +190,7 @@ def _report_final(engine, tokenizer, summary: dict, rank: int, zero_stage: int) 
                 tokenizer.save_pretrained(tmp)
                 Path(tmp, "xdray_train.json").write_text(json.dumps(summary, indent=2))
         checkpoint = Checkpoint.from_directory(tmp) if rank == 0 else None
-        ray.train.report({k: v for k, v in summary.items() if k != "history"} | {"done": True}, checkpoint=checkpoint)
+        ray.train.report({k: v for k, v in summary.items() if k != "history"} | {"final": True}, checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------
