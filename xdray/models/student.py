@@ -48,8 +48,12 @@ def pca_compress(matrix: torch.Tensor, dim: int) -> torch.Tensor:
     if dim >= matrix.shape[1]:
         return torch.nn.functional.pad(matrix, (0, dim - matrix.shape[1]))
     centered = matrix - matrix.mean(dim=0, keepdim=True)
-    _, _, v = torch.pca_lowrank(centered, q=dim, center=False, niter=4)
-    projected = centered @ v[:, :dim]
+    # exact and deterministic: eigenvectors of the (width x width) covariance, largest first, each with its
+    # largest-magnitude entry made positive (randomized PCA would give a different student every build)
+    _, vectors = torch.linalg.eigh(centered.T.double() @ centered.double())
+    top = vectors[:, -dim:].flip(1)
+    top = top * torch.sign(top.gather(0, top.abs().argmax(0, keepdim=True)))
+    projected = centered @ top.float()
     return projected * (matrix.std() / projected.std().clamp_min(1e-8))
 
 

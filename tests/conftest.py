@@ -1,0 +1,110 @@
+"""Shared fixtures: one local Ray for the whole session, and a tiny task with a tiny locally built teacher.
+
+Nothing here touches the Hugging Face Hub: the backbone is a 2-layer BERT built from a config, with a
+WordPiece tokenizer trained on the fly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+POSITIVE = ["great", "wonderful", "moving", "brilliant", "charming", "superb", "delightful", "funny"]
+NEGATIVE = ["dull", "boring", "awful", "clumsy", "tedious", "bland", "painful", "weak"]
+NOUNS = ["film", "movie", "story", "cast", "script", "ending", "plot", "score"]
+
+
+def _sentence(rng: random.Random, positive: bool) -> str:
+    adjective = rng.choice(POSITIVE if positive else NEGATIVE)
+    noun = rng.choice(NOUNS)
+    extra = rng.choice(["", " and the rest follows", " from start to finish", " for most of its length"])
+    return rng.choice(["the {n} is {a}{e}", "a {a} {n}{e}", "what a {a} {n}", "i found the {n} {a}{e}"]).format(
+        n=noun, a=adjective, e=extra
+    )
+
+
+def write_task(root: Path, n_train: int = 240, n_dev: int = 60, n_test: int = 60, n_transfer: int = 300) -> dict:
+    """A small, learnable binary sentiment task plus an unlabeled transfer corpus with some duplicates."""
+    from xdray.data.tables import LabeledSplit, write_labeled
+
+    rng = random.Random(0)
+    paths = {}
+    for name, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        labels = [i % 2 for i in range(n)]
+        write_labeled(root / f"{name}.tsv", LabeledSplit([_sentence(rng, bool(y)) for y in labels], labels))
+        paths[name] = root / f"{name}.tsv"
+    lines = [_sentence(rng, rng.random() < 0.5) for _ in range(n_transfer)] + ["", "   "]
+    (root / "transfer.txt").write_text("\n".join(lines) + "\n")
+    paths["transfer"] = root / "transfer.txt"
+    return paths
+
+
+def build_tiny_backbone(directory: Path, corpus: list[str]) -> Path:
+    """A 2-layer, hidden-32 BERT encoder and a WordPiece tokenizer trained on ``corpus``, saved as an HF dir."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(corpus, vocab_size=200, min_frequency=1)
+    wordpiece.save_model(str(directory))
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("task")
+    paths = write_task(root)
+    corpus = (root / "transfer.txt").read_text().splitlines() + (root / "train.tsv").read_text().splitlines()
+    paths["backbone"] = build_tiny_backbone(root / "backbone", corpus)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for every test that needs one (the machine fits only one)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_config(task: dict, output_dir: Path, **sections) -> dict:
+    """A raw config dict for the tiny task (validated by the caller), fast enough for CI."""
+    cfg = {
+        "output_dir": str(output_dir),
+        "mlflow": {"experiment": "xdray-test"},
+        "data": {
+            "train": str(task["train"]), "dev": str(task["dev"]), "test": str(task["test"]),
+            "transfer": [str(task["transfer"])], "max_length": 16,
+        },
+        "teacher": {"backbone": str(task["backbone"]), "epochs": 2, "lr": 5.0e-3, "batch_size": 16},
+        "label": {"batch_size": 32, "actors": 2, "cpus_per_actor": 0.5},
+        "distill": {
+            "student": {"layers": 1, "hidden": 16, "heads": 2},
+            "stages": [
+                {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 2},
+                {"name": "labels", "data": "train", "loss": "ce", "epochs": 1},
+            ],
+            "workers": 2, "batch_size": 16, "lr": 5.0e-3,
+        },
+        "search": {"layers": [1, 2], "hidden": [16], "head_size": 8, "max_concurrent_trials": 2},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg

@@ -1,0 +1,139 @@
+"""Config validation: every bad input is refused before Ray starts, with one line naming the key and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xdray.config import ConfigError, load_config, validate_config
+from xdray.runtime import STEPS, check_inputs
+
+from .conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def raw(tiny_task, tmp_path) -> dict:
+    return tiny_config(tiny_task, tmp_path / "out")
+
+
+def test_valid_config_resolves_paths(raw, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    raw["output_dir"] = "relative/out"
+    cfg = validate_config(raw)
+    assert cfg.output_dir == (tmp_path / "relative/out").resolve()
+    assert cfg.teacher_dir == cfg.output_dir / "teacher" / "model"
+    assert cfg.labels_dir == cfg.output_dir / "label" / "data"
+    assert cfg.distill.deepspeed.zero_stage == 2
+
+
+def _set(raw: dict, dotted: str, value) -> dict:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return raw
+
+
+BAD = [
+    # (key to set, value, text the one-line error must contain)
+    ("distill.studnet", {"layers": 2}, "distill.studnet: unknown key"),
+    ("distill.student.hidden", 33, "hidden=33 is not divisible by heads=2"),
+    ("distill.workers", "two", "distill.workers: Input should be a valid integer"),
+    ("distill.deepspeed.zero_stage", 4, "distill.deepspeed.zero_stage: Input should be less than or equal to 3"),
+    ("distill.deepspeed.precision", "fp16", "fp16 is not supported on CPU"),
+    ("distill.batch_size", 0, "distill.batch_size: Input should be greater than or equal to 1"),
+    ("distill.stages", [], "distill.stages: List should have at least 1 item"),
+    ("distill.stages", [{"name": "a", "data": "train", "loss": "logits_mse"}], "needs teacher logits"),
+    ("distill.stages", [{"name": "a", "data": "transfer", "loss": "ce"}], "transfer set has no labels"),
+    ("distill.stages", [{"name": "a", "data": "corpus", "loss": "ce"}], "distill.stages.0.data: Input should be"),
+    (
+        "distill.stages",
+        [{"name": "x", "data": "train", "loss": "ce"}, {"name": "x", "data": "train", "loss": "ce"}],
+        "stage names must be unique",
+    ),
+    ("search.hidden", [100], "hidden=100 is not a multiple of head_size=64"),
+    ("search.layers", [], "search.layers: List should have at least 1 item"),
+    ("label.cpus_per_actor", 0, "label.cpus_per_actor: Input should be greater than 0"),
+    ("data.max_length", 2, "data.max_length: Input should be greater than or equal to 8"),
+]
+
+
+@pytest.mark.parametrize("key,value,expected", BAD, ids=[b[0] + "=" + str(b[1])[:20] for b in BAD])
+def test_bad_configs_each_give_one_clear_line(raw, key, value, expected):
+    if key == "search.hidden":
+        raw["search"]["head_size"] = 64
+    with pytest.raises(ConfigError) as err:
+        validate_config(_set(raw, key, value))
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_required_key(raw):
+    del raw["teacher"]
+    with pytest.raises(ConfigError, match=r"^teacher: required key is missing; fix:"):
+        validate_config(raw)
+
+
+def test_missing_input_files_are_refused_before_ray(raw, tmp_path):
+    raw["data"]["train"] = str(tmp_path / "nope.tsv")
+    cfg = validate_config(raw)
+    with pytest.raises(ConfigError, match=r"data.train: not found: .*nope.tsv; fix: run `xdray data samples`"):
+        check_inputs(cfg, STEPS)
+
+
+def test_later_steps_need_earlier_outputs(raw):
+    cfg = validate_config(raw)
+    check_inputs(cfg, STEPS)  # the pipeline produces them itself
+    with pytest.raises(ConfigError, match=r"label.teacher: not found: .*; fix: run `xdray teacher` first"):
+        check_inputs(cfg, ("label",))
+
+
+def test_overrides_parse_yaml_values(tmp_path, raw):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path, ["distill.workers=1", "distill.student.embeddings=random", "distill.stages.0.epochs=3"])
+    assert cfg.distill.workers == 1
+    assert cfg.distill.student.embeddings == "random"
+    assert cfg.distill.stages[0].epochs == 3
+    with pytest.raises(ConfigError, match="bad override 'distill.workers'"):
+        load_config(path, ["distill.workers"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML at line"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("job", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_job_spec_validates(job, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(job)
+    assert cfg.output_dir.is_absolute()
+
+
+def test_cli_bad_config_exits_nonzero_with_one_line(tmp_path, raw):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, "-m", "xdray.cli", "distill", str(path), "--set", "distill.student.heads=3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "xdray distill: error: distill.student: hidden=16 is not divisible by heads=3; "
+        "fix: choose heads that divide hidden (e.g. hidden/64)"
+    ]
+    assert not (tmp_path / "out").exists()  # refused before any work
