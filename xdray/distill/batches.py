@@ -34,7 +34,7 @@ def collate(
     if "logits" in raw:
         batch["teacher_logits"] = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in raw["logits"]]))
     if "label" in raw:
-        batch["labels"] = torch.as_tensor(np.asarray(raw["label"], dtype=np.int64))
+        batch["labels"] = torch.tensor(np.asarray(raw["label"]), dtype=torch.long)  # copies the read-only Arrow buffer
     return {k: v.to(device) for k, v in batch.items()}
 
 
