@@ -55,7 +55,8 @@ def build_tiny_backbone(directory: Path, corpus: list[str]) -> Path:
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(corpus, vocab_size=200, min_frequency=1)
     wordpiece.save_model(str(directory))
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True)
+    assert tokenizer.vocab_size > 50, "the tokenizer lost its vocabulary (only special tokens)"
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64,
@@ -93,12 +94,12 @@ def tiny_config(task: dict, output_dir: Path, **sections) -> dict:
             "train": str(task["train"]), "dev": str(task["dev"]), "test": str(task["test"]),
             "transfer": [str(task["transfer"])], "max_length": 16,
         },
-        "teacher": {"backbone": str(task["backbone"]), "epochs": 2, "lr": 5.0e-3, "batch_size": 16},
+        "teacher": {"backbone": str(task["backbone"]), "epochs": 4, "lr": 2.0e-3, "batch_size": 16},
         "label": {"batch_size": 32, "actors": 2, "cpus_per_actor": 0.5},
         "distill": {
             "student": {"layers": 1, "hidden": 16, "heads": 2},
             "stages": [
-                {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 2},
+                {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 5},
                 {"name": "labels", "data": "train", "loss": "ce", "epochs": 1},
             ],
             "workers": 2, "batch_size": 16, "lr": 5.0e-3,

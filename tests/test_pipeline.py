@@ -53,7 +53,7 @@ def test_student_loads_with_auto_classes_and_was_trained_with_deepspeed(pipeline
     assert logits.shape == (1, 2)
     summary = json.loads((out / "distill" / "summary.json").read_text())
     assert summary["workers"] == 2
-    assert [h["stage"] for h in summary["history"]] == ["logits", "logits", "labels"]
+    assert [h["stage"] for h in summary["history"]] == ["logits"] * 5 + ["labels"]
     # the tiny task is easy: a student that learned nothing would sit at 50%
     assert summary["test_accuracy"] > 0.7
     assert json.loads((out / "teacher" / "summary.json").read_text())["test_accuracy"] > 0.7
