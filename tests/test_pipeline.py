@@ -85,6 +85,9 @@ def test_mlflow_holds_parent_child_and_trial_runs(pipeline_run):
     assert "dev/logits/accuracy" in by_name["distill"].data.metrics  # logged by Ray Train rank 0
     assert by_name["label"].data.metrics["rows"] > 0
     assert parent.data.metrics["speedup"] > 0
+    for step in ("teacher", "label", "distill", "search"):
+        logged = {a.path for a in client.list_artifacts(by_name[step].info.run_id)}
+        assert "summary.json" in logged, (step, logged)
     summary = json.loads((out / "pipeline" / "summary.json").read_text())
     assert summary["mlflow_run_id"] == parent.info.run_id
 
@@ -99,3 +102,14 @@ def test_rerun_skips_completed_steps(pipeline_run, capsys):
         assert (out / step / "summary.json").stat().st_mtime_ns == mtime
     summary = json.loads((out / "pipeline" / "summary.json").read_text())
     assert summary["ran"] == [] and summary["skipped"] == ["teacher", "label", "distill", "search"]
+
+
+def test_a_single_command_redoes_its_step(pipeline_run):
+    """`xdray distill` asked for explicitly runs again, over the Ray Train run directory of the last one."""
+    job, out = pipeline_run
+    before = json.loads((out / "distill" / "summary.json").read_text())
+    assert main(["distill", str(job), "--set", "distill.stages.0.epochs=1"]) == 0
+    after = json.loads((out / "distill" / "summary.json").read_text())
+    assert after["mlflow_run_id"] != before["mlflow_run_id"]
+    assert [h["stage"] for h in after["history"]] == ["logits", "labels"]
+    assert AutoModelForSequenceClassification.from_pretrained(out / "distill" / "student").num_labels == 2

@@ -37,15 +37,17 @@ class TeacherPredictor:
         from xdray.models.teacher import load_classifier
 
         torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when Ray gave one
         self.model, self.tokenizer = load_classifier(teacher_dir)
-        self.model.eval()
+        self.model.to(self.device).eval()
         self.max_length = max_length
 
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
-        logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        inputs = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        logits = self.model(**inputs).logits.cpu()
         lengths = enc["attention_mask"].sum(dim=1).tolist()
         ids = enc["input_ids"].to(torch.int32).numpy()
         return pa.table(
@@ -109,5 +111,5 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
         }
         tracker.metrics(run_id, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         tracker.artifact(run_id, data_dir / "_manifest.json")
-    write_summary(cfg, "label", summary)
+        tracker.artifact(run_id, write_summary(cfg, "label", summary))
     return summary

@@ -91,7 +91,7 @@ def results_table(cfg: XdrayConfig, summary: dict) -> str:
     if best:
         rows.append([f"search best ({best['arch']})", f"dev {best['dev_accuracy']:.1%}",
                      f"{best['params'] / 1e6:.2f}M", "", ""])
-    table = tabulate(rows, headers=["model", "test accuracy", "params", "CPU ms/sentence (batch 1)", "speedup"])
+    table = tabulate(rows, headers=["model", "test accuracy", "params", "CPU ms/sentence (batch 1, 1 thread)", "speedup"])
     return (
         f"\n{table}\n\noutputs: {cfg.output_dir}\n"
         f"MLflow: experiment '{cfg.mlflow.experiment}' at {cfg.mlflow.tracking_uri or 'sqlite:///' + str(cfg.output_dir / 'mlflow.db')}\n"

@@ -102,7 +102,7 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
         }
         tracker.metrics(search_run, {"best_dev_accuracy": best["dev_accuracy"], "trials": len(trials),
                                      "wall_seconds": summary["wall_seconds"]})
-    write_summary(cfg, "search", summary)
+        tracker.artifact(search_run, write_summary(cfg, "search", summary))
     return summary
 
 

@@ -117,5 +117,5 @@ def _finish(
                              "params_total": summary["params"]["total"], "seconds": summary["seconds"]})
     tracker.artifact(run_id, model_dir / "xdray_train.json")
     shutil.rmtree(model_dir.parent / "scratch", ignore_errors=True)
-    write_summary(cfg, step, summary)
+    tracker.artifact(run_id, write_summary(cfg, step, summary))
     return summary
