@@ -128,8 +128,7 @@ def worker_loop(config: dict) -> None:
             elapsed = time.perf_counter() - t0
             samples, train_seconds = samples + seen * world, train_seconds + elapsed
             dev_acc = _dev_accuracy(engine, tokenizer, spec, rank, world)
-            improved = dev_acc > best
-            if improved:
+            if dev_acc > best:
                 best, best_epoch = dev_acc, epoch
                 if stage["epochs"] > 1:
                     engine.save_checkpoint(spec.scratch, tag=f"{stage['name']}-best")
