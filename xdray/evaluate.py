@@ -9,7 +9,6 @@ import torch
 
 from xdray.data.tables import LabeledSplit
 from xdray.distill.batches import accuracy, predict
-from xdray.models.student import param_counts
 from xdray.models.teacher import load_classifier
 
 
@@ -35,8 +34,3 @@ def cpu_latency_ms(model_dir: Path, texts: list[str], max_length: int, threads: 
         return (time.perf_counter() - t0) * 1000 / len(encoded)
     finally:
         torch.set_num_threads(previous)
-
-
-def model_params(model_dir: Path) -> dict[str, int]:
-    model, _ = load_classifier(str(model_dir))
-    return param_counts(model)

@@ -15,7 +15,7 @@ from xdray.config import XdrayConfig
 from xdray.data.tables import read_labeled
 from xdray.evaluate import cpu_latency_ms
 from xdray.runtime import STEPS, ray_session, read_summary, write_summary
-from xdray.tracking import Tracker
+from xdray.tracking import Tracker, tracking_uri
 
 LATENCY_SENTENCES = 64
 
@@ -92,9 +92,10 @@ def results_table(cfg: XdrayConfig, summary: dict) -> str:
         rows.append([f"search best ({best['arch']})", f"dev {best['dev_accuracy']:.1%}",
                      f"{best['params'] / 1e6:.2f}M", "", ""])
     table = tabulate(rows, headers=["model", "test accuracy", "params", "CPU ms/sentence (batch 1, 1 thread)", "speedup"])
+    uri = tracking_uri(cfg)
     return (
         f"\n{table}\n\noutputs: {cfg.output_dir}\n"
-        f"MLflow: experiment '{cfg.mlflow.experiment}' at {cfg.mlflow.tracking_uri or 'sqlite:///' + str(cfg.output_dir / 'mlflow.db')}\n"
-        f"  open it with: mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri or 'sqlite:///' + str(cfg.output_dir / 'mlflow.db')}\n"
+        f"MLflow: experiment '{cfg.mlflow.experiment}' at {uri}\n"
+        f"  open it with: mlflow ui --backend-store-uri {uri}\n"
         f"pipeline wall time: {summary['seconds']:.0f} s\n"
     )
