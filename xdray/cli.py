@@ -30,6 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML job spec, e.g. jobs/quickstart.yaml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set distill.workers=1 (repeatable)")
+    submit = sub.add_parser("submit", help="run a step (default: the pipeline) as a Ray Job on a cluster")
+    submit.add_argument("config", help="YAML job spec; relative paths in it resolve on the cluster")
+    submit.add_argument("--step", default="pipeline", choices=list(COMMANDS), help="what to run (default pipeline)")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--address", help="Ray Jobs server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    submit.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's status")
+    submit.add_argument("--entrypoint-cpus", type=float, default=0.0, help="CPUs reserved for the job driver")
+    jobs = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
+    jobs.add_argument("action", choices=["status", "logs", "stop"])
+    jobs.add_argument("submission_id", metavar="ID")
+    jobs.add_argument("--address", help="Ray Jobs server (default: $RAY_ADDRESS)")
+    jobs.add_argument("--follow", action="store_true", help="with logs: stream until the job ends")
     data = sub.add_parser("data", help="prepare data").add_subparsers(dest="data_command", required=True)
     samples = data.add_parser("samples", help="prepare the offline sample data (VADER movie task, MiniLM-L6)")
     samples.add_argument("--dir", default="data/samples", type=Path, help="where to write (default data/samples)")
@@ -41,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "data":
             return _samples(args.dir)
+        if args.command == "submit":
+            from xdray.submit import submit
+
+            return submit(args.config, args.overrides, args.step, args.address, args.follow, args.entrypoint_cpus)
+        if args.command == "jobs":
+            from xdray.submit import jobs_command
+
+            return jobs_command(args.action, args.submission_id, args.address, args.follow)
         return _run(args.command, args.config, args.overrides)
     except XdrayError as e:
         print(f"xdray {args.command}: error: {e}", file=sys.stderr)

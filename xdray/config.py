@@ -228,6 +228,11 @@ def looks_local(name: str) -> bool:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> XdrayConfig:
     """Read YAML, apply ``a.b=c`` overrides (values parsed as YAML), validate into an ``XdrayConfig``."""
+    return validate_config(load_raw(path, overrides))
+
+
+def load_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping with overrides applied, paths untouched (``xdray submit`` ships it as it is)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}; fix: pass the path of a YAML file such as jobs/quickstart.yaml")
@@ -241,7 +246,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: the top level must be a mapping of sections; fix: see jobs/quickstart.yaml")
     for item in overrides:
         _apply_override(raw, item)
-    return validate_config(raw)
+    return raw
 
 
 def validate_config(raw: dict[str, Any]) -> XdrayConfig:

@@ -21,7 +21,7 @@ def ray_session(cfg: XdrayConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if cfg.ray.address:
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a Ray Job's driver gets RAY_ADDRESS from Ray
         ray.init(address=cfg.ray.address)
     else:
         # Train workers and actors reserve whole CPUs; a few extra logical CPUs keep Ray Data's read and

@@ -1,0 +1,148 @@
+"""A real Ray head (`ray start --head`, token auth on, dashboard on 127.0.0.1) and a real `mlflow server`:
+`xdray submit --follow` runs the tiny pipeline as a Ray Job that logs over HTTP; a bad job is reported FAILED.
+Both servers are stopped by their own process ids, never by `ray stop`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from xdray.cli import main
+
+from .conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, seconds: float, headers: dict | None = None) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2)
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {seconds} s")
+
+
+def _stop(pids: list[int]) -> None:
+    procs = [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        p.kill()
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A Ray head of our own, found and stopped by the processes that carry its temp dir."""
+    root = Path(f"/tmp/xdray-head-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths have a length limit
+    token = tmp_path_factory.mktemp("auth") / "token"
+    token.write_text(uuid.uuid4().hex)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HF_HUB_OFFLINE": "1",
+           "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    dash = _free_port()
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--port", str(_free_port()), "--num-cpus", "4",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(root),
+         "--disable-usage-stats"],
+        env=env, check=True, capture_output=True, timeout=180,
+    )
+    pids = [p.pid for p in psutil.process_iter(["cmdline"]) if str(root) in " ".join(p.info["cmdline"] or [])]
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        _wait_http(f"{address}/api/version", 60, {"Authorization": f"Bearer {token.read_text()}"})
+        yield {"address": address, "token": token}
+    finally:
+        _stop(pids)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        _wait_http(f"{uri}/health", 90)
+        yield {"uri": uri, "artifacts": root / "artifacts"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def client_env(head, monkeypatch):
+    monkeypatch.chdir(REPO)  # the working directory that is shipped
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(head["token"]))
+
+
+def test_submit_follow_runs_the_pipeline_and_logs_over_http(head, mlflow_server, client_env, tiny_task, tmp_path,
+                                                            capsys):
+    out = tmp_path / "out"
+    cfg = tiny_config(tiny_task, out, mlflow={"tracking_uri": mlflow_server["uri"], "experiment": "xdray-submit"},
+                      search={"layers": [1], "hidden": [16], "head_size": 8})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(cfg))
+    assert main(["submit", str(job), "--address", head["address"], "--follow"]) == 0
+    printed = capsys.readouterr().out
+    assert "SUCCEEDED" in printed and "[xdray] distill: running" in printed
+    assert (out / "pipeline" / "summary.json").is_file() and (out / "distill" / "student" / "model.safetensors").is_file()
+    assert not (REPO / ".xdray-submit").exists() or not list((REPO / ".xdray-submit").iterdir())
+
+    client = MlflowClient(mlflow_server["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("xdray-submit").experiment_id])
+    names = {r.info.run_name for r in runs}
+    assert {"pipeline", "teacher", "label", "distill", "search"} <= names
+    distill = next(r for r in runs if r.info.run_name == "distill")
+    assert "dev/logits/accuracy" in distill.data.metrics  # logged by a Ray Train worker, through the server
+    assert "summary.json" in {a.path for a in client.list_artifacts(distill.info.run_id)}
+    assert list(mlflow_server["artifacts"].rglob("summary.json"))  # artifacts were proxied by the server
+
+
+def test_a_failing_job_is_reported_failed_with_its_error(head, client_env, tiny_task, tmp_path, capsys):
+    cfg = tiny_config(tiny_task, tmp_path / "out")
+    cfg["data"]["train"] = "/nonexistent/train.tsv"  # valid config, missing file on the cluster
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(cfg))
+    assert main(["submit", str(job), "--step", "teacher", "--address", head["address"], "--follow"]) == 1
+    captured = capsys.readouterr()
+    assert "data.train: not found: /nonexistent/train.tsv" in captured.out  # the job's own one-line error
+    assert "FAILED" in captured.err
+
+
+def test_bad_config_and_bad_token_never_reach_the_cluster(head, client_env, tiny_task, tmp_path, monkeypatch, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(tiny_config(tiny_task, tmp_path / "out")))
+    assert main(["submit", str(job), "--address", head["address"], "--set", "distill.student.heads=3"]) == 2
+    assert "distill.student: hidden=16 is not divisible by heads=3" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "wrong-token")
+    assert main(["submit", str(job), "--address", head["address"]]) == 1
+    assert "fix: check the address" in capsys.readouterr().err
