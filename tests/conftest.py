@@ -15,6 +15,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own stores
 
 POSITIVE = ["great", "wonderful", "moving", "brilliant", "charming", "superb", "delightful", "funny"]
 NEGATIVE = ["dull", "boring", "awful", "clumsy", "tedious", "bland", "painful", "weak"]
@@ -75,7 +76,7 @@ def tiny_task(tmp_path_factory) -> dict:
     return paths
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance for every test that needs one (the machine fits only one)."""
     import ray

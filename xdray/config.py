@@ -34,7 +34,7 @@ class RayConfig(_Section):
 
 class MlflowConfig(_Section):
     tracking_uri: str | None = None
-    """None = a SQLite store at <output_dir>/mlflow.db with artifacts under <output_dir>/mlartifacts."""
+    """None = $MLFLOW_TRACKING_URI if set, else a SQLite store at <output_dir>/mlflow.db (artifacts beside it)."""
     experiment: str = "xdray"
 
 

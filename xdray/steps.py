@@ -108,6 +108,7 @@ def _finish(
         "params": trained["params"],
         "train_samples_per_s": round(trained["samples_per_s"], 1),
         "workers": trained["world_size"],
+        "worker_nodes": trained["worker_nodes"],
         "seconds": round(seconds, 1),
         "history": trained["history"],
         "model_dir": str(model_dir),

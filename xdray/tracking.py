@@ -7,6 +7,7 @@ run, because runs are written from the driver, from Ray Train rank 0 and from Tu
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,12 @@ from xdray.config import XdrayConfig
 
 
 def tracking_uri(cfg: XdrayConfig) -> str:
-    return cfg.mlflow.tracking_uri or f"sqlite:///{cfg.output_dir / 'mlflow.db'}"
+    """The config's URI, else MLflow's own MLFLOW_TRACKING_URI, else a SQLite store in the output directory."""
+    return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _local_store(cfg)
+
+
+def _local_store(cfg: XdrayConfig) -> str:
+    return f"sqlite:///{cfg.output_dir / 'mlflow.db'}"
 
 
 def experiment_id(client: MlflowClient, cfg: XdrayConfig) -> str:
@@ -27,7 +33,7 @@ def experiment_id(client: MlflowClient, cfg: XdrayConfig) -> str:
         return exp.experiment_id
     # with a local store, artifacts go beside it (absolute: every process has its own working directory);
     # with a server, the server decides where artifacts live
-    location = (cfg.output_dir / "mlartifacts").as_uri() if cfg.mlflow.tracking_uri is None else None
+    location = (cfg.output_dir / "mlartifacts").as_uri() if tracking_uri(cfg) == _local_store(cfg) else None
     return client.create_experiment(cfg.mlflow.experiment, artifact_location=location)
 
 

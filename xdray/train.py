@@ -148,9 +148,11 @@ def worker_loop(config: dict) -> None:
         if best_epoch != stage["epochs"] - 1:  # restore the stage's best epoch (all ranks: collective)
             engine.load_checkpoint(spec.scratch, tag=f"{stage['name']}-best")
     final_dev = _dev_accuracy(engine, tokenizer, spec, rank, world)
+    nodes = [None] * world
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     summary = {
         "dev_accuracy": final_dev, "params": counts, "history": history, "steps": step,
-        "samples_per_s": samples / max(train_seconds, 1e-9), "world_size": world,
+        "samples_per_s": samples / max(train_seconds, 1e-9), "world_size": world, "worker_nodes": nodes,
     }
     _report_final(engine, tokenizer, summary, rank, spec.deepspeed["zero_stage"])
 

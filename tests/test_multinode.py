@@ -1,0 +1,50 @@
+"""A simulated two-node cluster (`ray.cluster_utils.Cluster`: two raylets on this machine). Labelling and
+distillation must put work on both nodes: each node has 3 CPUs and each actor / worker asks for 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+import yaml
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+
+from xdray.cli import main
+
+from .conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True})
+    cluster.add_node(num_cpus=3)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_label_and_distill_use_both_nodes(two_nodes, tiny_task, tmp_path):
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(tiny_config(
+        tiny_task, tmp_path / "out",
+        label={"actors": 2, "cpus_per_actor": 2, "batch_size": 16},
+        distill={"workers": 2, "cpus_per_worker": 2},
+    )))
+    for step in ("teacher", "label", "distill"):
+        assert main([step, str(job)]) == 0
+
+    actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(TeacherPredictor))")], limit=100)
+    assert {a.node_id for a in actors} == nodes
+    summary = json.loads((tmp_path / "out" / "distill" / "summary.json").read_text())
+    assert set(summary["worker_nodes"]) == nodes
+    assert summary["test_accuracy"] > 0.7
