@@ -136,6 +136,15 @@ def test_a_failing_job_is_reported_failed_with_its_error(head, client_env, tiny_
     captured = capsys.readouterr()
     assert "data.train: not found: /nonexistent/train.tsv" in captured.out  # the job's own one-line error
     assert "FAILED" in captured.err
+    submission_id = captured.out.split("submitted ", 1)[1].split()[0]
+    assert submission_id.startswith("xdray-teacher-")
+
+    assert main(["jobs", "status", submission_id, "--address", head["address"]]) == 1
+    assert capsys.readouterr().out.startswith(f"{submission_id} FAILED")
+    assert main(["jobs", "logs", submission_id, "--address", head["address"]]) == 0
+    assert "data.train: not found" in capsys.readouterr().out
+    assert main(["jobs", "stop", submission_id, "--address", head["address"]]) == 0
+    assert "already finished" in capsys.readouterr().out
 
 
 def test_bad_config_and_bad_token_never_reach_the_cluster(head, client_env, tiny_task, tmp_path, monkeypatch, capsys):
