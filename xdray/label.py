@@ -10,8 +10,6 @@ looks whole.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 
 import numpy as np
@@ -23,7 +21,7 @@ import torch
 from xdray.config import XdrayConfig
 from xdray.data.tables import read_transfer
 from xdray.errors import XdrayError
-from xdray.runtime import write_summary
+from xdray.runtime import replace_dir, staging_dir, write_summary
 from xdray.tracking import Tracker
 
 SCHEMA_VERSION = 1
@@ -60,7 +58,6 @@ class TeacherPredictor:
 
 
 def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
-    out = cfg.step_dir("label")
     data_dir = cfg.labels_dir
     ids, texts, counts = read_transfer(cfg.data.transfer, cfg.data.max_transfer_rows, cfg.seed)
     if not ids:
@@ -73,8 +70,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
 
     with tracker.run(cfg, "label", parent) as run_id:
         tracker.params(run_id, {"label": lc.model_dump(mode="json"), "teacher": str(cfg.teacher_dir), "rows": len(ids)})
-        tmp = data_dir.with_name(data_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = staging_dir(data_dir)
         t0 = time.perf_counter()
         ds = ray.data.from_arrow(blocks).map_batches(
             TeacherPredictor,
@@ -101,8 +97,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
             "rows": rows, "columns": {"id": "string", "input_ids": "list<int32>", "logits": "list<float32>"},
         }
         (tmp / "_manifest.json").write_text(json.dumps(manifest, indent=2))
-        shutil.rmtree(data_dir, ignore_errors=True)
-        os.replace(tmp, data_dir)
+        replace_dir(tmp, data_dir)
 
         summary = {
             "rows": rows, "unique_ids": unique, "cleaning": counts, "seconds": round(seconds, 2),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,19 @@ def write_summary(cfg: XdrayConfig, step: str, summary: dict) -> Path:
     tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def staging_dir(dest: Path) -> Path:
+    """An empty sibling of ``dest`` to build into; ``replace_dir`` then swaps it in whole."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put a finished directory in place of ``dest``: a crash never leaves a partial one under that name."""
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
 
 
 def read_summary(cfg: XdrayConfig, step: str) -> dict | None:

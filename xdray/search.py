@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from xdray.config import StudentConfig, XdrayConfig
-from xdray.runtime import write_summary
+from xdray.runtime import replace_dir, staging_dir, write_summary
 from xdray.steps import load_splits, make_spec, student_datasets
 from xdray.tracking import Tracker
 from xdray.train import export_student, fit
@@ -93,7 +92,9 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
                 "student_dir": str(out / "trials" / r.metrics["trial_id"] / "student"),
             })
         best = max(trials, key=lambda t: (t["dev_accuracy"], -t["params"]))
-        _copy_tree(Path(best["student_dir"]), out / "best_student")
+        tmp = staging_dir(out / "best_student")
+        shutil.copytree(best["student_dir"], tmp)
+        replace_dir(tmp, out / "best_student")
         summary = {
             "trials": trials, "best": {k: best[k] for k in ("arch", "dev_accuracy", "params", "trial_id")},
             "best_student_dir": str(out / "best_student"), "teacher_forwards": 0,
@@ -105,10 +106,3 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
         tracker.artifact(search_run, write_summary(cfg, "search", summary))
     return summary
 
-
-def _copy_tree(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)

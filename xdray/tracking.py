@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,8 +69,6 @@ class Tracker:
             self.client.log_batch(run_id, params=items[lo : lo + 100])
 
     def metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
-        import time
-
         now = int(time.time() * 1000)
         items = [
             Metric(k, float(v), now, step)

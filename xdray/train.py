@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -30,6 +29,7 @@ from xdray.distill.batches import collate, length_sorted_batches
 from xdray.distill.losses import stage_loss
 from xdray.models.student import build_student, param_counts
 from xdray.models.teacher import load_classifier
+from xdray.runtime import replace_dir, staging_dir
 
 LOG_EVERY = 20
 
@@ -226,9 +226,7 @@ def export_student(result: ray.train.Result, dest: Path) -> dict:
     """Copy the consolidated HF directory out of the Ray checkpoint; returns the worker's summary."""
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(dest)
     result.checkpoint.to_directory(str(tmp))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    replace_dir(tmp, dest)
     return json.loads((dest / "xdray_train.json").read_text())
