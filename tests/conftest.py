@@ -99,8 +99,9 @@ def tiny_config(task: dict, output_dir: Path, **sections) -> dict:
         "label": {"batch_size": 32, "actors": 2, "cpus_per_actor": 0.5},
         "distill": {
             "student": {"layers": 1, "hidden": 16, "heads": 2},
-            "stages": [
-                {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 5},
+            "stages": [  # the paper's schedule, in small
+                {"name": "hidden", "data": "transfer", "loss": "hidden", "epochs": 2},
+                {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 3, "unfreeze": "gradual"},
                 {"name": "labels", "data": "train", "loss": "ce", "epochs": 1},
             ],
             "workers": 2, "batch_size": 16, "lr": 5.0e-3,

@@ -14,7 +14,7 @@ from xdray.models.teacher import load_classifier
 
 def test_accuracy(model_dir: Path, split: LabeledSplit, max_length: int) -> float:
     model, tokenizer = load_classifier(str(model_dir))
-    return accuracy(predict(model, tokenizer, split.texts, max_length), split.labels)
+    return accuracy(predict(model, tokenizer, split.texts, max_length, pairs=split.pairs), split.labels)
 
 
 @torch.inference_mode()

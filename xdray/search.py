@@ -15,7 +15,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from xdray.config import StudentConfig, XdrayConfig
 from xdray.runtime import replace_dir, staging_dir, write_summary
-from xdray.steps import load_splits, make_spec, student_datasets
+from xdray.steps import load_splits, make_spec, student_data
 from xdray.tracking import Tracker
 from xdray.train import export_student, fit
 
@@ -31,7 +31,7 @@ def architectures(cfg: XdrayConfig) -> list[dict]:
         for hidden in sc.hidden:
             spec = StudentConfig(
                 layers=layers, hidden=hidden, heads=max(1, hidden // sc.head_size),
-                embeddings=cfg.distill.student.embeddings,
+                embeddings=cfg.distill.student.embeddings, freeze_embeddings=cfg.distill.student.freeze_embeddings,
             )
             archs.append(spec.model_dump())
     return archs
@@ -47,6 +47,8 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
     stages = [s.model_dump() for s in cfg.distill.stages]
     trainer_cfg = cfg.distill.model_copy(update={"workers": cfg.search.workers_per_trial})
     num_labels = max(train.labels) + 1
+    # checked once, before any trial starts; every trial reads the same Parquet and dev table
+    datasets, dev_table = student_data(cfg, train, dev, stages, cfg.search.layers)
 
     with tracker.run(cfg, "search", parent) as search_run:
         tracker.params(search_run, {"search": cfg.search.model_dump(mode="json")})
@@ -59,11 +61,11 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
             with tracker.run(cfg, f"trial-{arch_name(arch)}", search_run) as run_id:
                 tracker.params(run_id, {"arch": arch, "trial_id": trial_id})
                 spec = make_spec(
-                    cfg, trainer_cfg, "student", str(cfg.teacher_dir), stages, num_labels, dev,
+                    cfg, trainer_cfg, "student", str(cfg.teacher_dir), stages, num_labels, dev_table,
                     trial_dir / "scratch", run_id, student=StudentConfig(**arch),
                 )
                 result = fit(
-                    spec, trainer_cfg, student_datasets(cfg, train, stages), out / "ray" / "trials",
+                    spec, trainer_cfg, datasets, out / "ray" / "trials",
                     f"trial-{trial_id}", callbacks=[TuneReportCallback()],
                 )
                 trained = export_student(result, trial_dir / "student")

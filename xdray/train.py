@@ -1,10 +1,11 @@
 """Ray Train + DeepSpeed: one worker loop for every training job (teacher fine-tuning, distillation, search
 trials), and the ``TorchTrainer`` assembly around it.
 
-Each worker builds its model, hands it to a real DeepSpeed engine (ZeRO stage from the config), and runs the
-job's stages in order. Data arrives through ``ray.train.get_dataset_shard``. After each epoch every rank
-evaluates its slice of dev, the counts are summed, and the best epoch of each stage is kept as a DeepSpeed
-checkpoint (saved and restored by all ranks) — so selection uses dev only.
+Each worker builds its model, hands it to a real DeepSpeed engine (ZeRO stage from the config) and runs the
+progressive schedule (``distill.schedule.run_schedule``) on it. Data arrives through
+``ray.train.get_dataset_shard``; dev is one unsplit dataset that every rank scores a share of. Each phase's best
+dev epoch is kept as a DeepSpeed checkpoint (saved and restored by all ranks), so selection uses dev only:
+workers never see the test split.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import ray
 import ray.train
@@ -25,13 +26,16 @@ from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from xdray.config import StudentConfig, TrainerConfig
-from xdray.distill.batches import collate, length_sorted_batches
-from xdray.distill.losses import stage_loss
-from xdray.models.student import build_student, param_counts
+from xdray.distill.batches import collate, table_batches
+from xdray.distill.losses import layer_map
+from xdray.distill.objective import DistillModule, Objective, teacher_targets
+from xdray.distill.schedule import HEAD, Data, Phase, evaluate, expand_stages, param_groups, run_schedule
+from xdray.models.student import build_student, encoder_blocks, param_counts
 from xdray.models.teacher import load_classifier
 from xdray.runtime import replace_dir, staging_dir
 
 LOG_EVERY = 20
+DEV_BATCH = 64
 
 
 @dataclass
@@ -46,15 +50,16 @@ class TrainSpec:
     batch_size: int
     lr: float
     deepspeed: dict
-    dev_texts: list[str]
-    dev_labels: list[int]
-    scratch: str  # DeepSpeed checkpoints of each stage's best epoch
+    scratch: str  # DeepSpeed checkpoints of each phase's best epoch
+    dev: Any  # ObjectRef of a pyarrow table: text + label rows, or the labelled dev split with teacher targets
     seed: int = 0
     student: dict | None = None
+    representation: dict = field(default_factory=lambda: {"layer_map": "top", "positions": "cls",
+                                                           "hidden_loss": "mse", "attention": "mean_heads"})
+    teacher_mode: str = "offline"
     tracking_uri: str | None = None
     run_id: str | None = None
     trust_remote_code: bool = False
-    tags: dict = field(default_factory=dict)
 
 
 def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
@@ -73,13 +78,62 @@ def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
     }
 
 
-def _build_model(spec: TrainSpec):
+@dataclass
+class Built:
+    module: DistillModule
+    tokenizer: object
+    teacher: torch.nn.Module | None  # kept only for the online mode
+    layer_map: tuple[int, ...]
+    groups: list[dict]
+
+
+def _uses(spec: TrainSpec, loss: str) -> bool:
+    return any(loss in s["loss"] for s in spec.stages)
+
+
+def _build(spec: TrainSpec) -> Built:
     if spec.role == "teacher":
-        return load_classifier(spec.init, spec.num_labels, spec.trust_remote_code)
+        model, tokenizer = load_classifier(spec.init, spec.num_labels, spec.trust_remote_code)
+        module = DistillModule(model, None, 0)
+        return Built(module, tokenizer, None, (), [{"name": HEAD, "params": list(module.parameters())}])
     teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code)
-    student = build_student(StudentConfig(**spec.student), teacher, spec.num_labels, spec.seed)
-    del teacher
-    return student, tokenizer
+    student_cfg = StudentConfig(**spec.student)
+    student = build_student(student_cfg, teacher, spec.num_labels, spec.seed)
+    rep = spec.representation
+    mapping = tuple(layer_map(student_cfg.layers, teacher.config.num_hidden_layers, rep["layer_map"]))
+    attention_maps = _uses(spec, "attention") and rep["attention"] == "mean_heads"
+    if attention_maps:  # fused attention kernels return no attention probabilities
+        for model in (student, teacher):
+            model.set_attn_implementation("eager")
+    states = len(mapping) if _uses(spec, "hidden") else 0
+    module = DistillModule(student, teacher.config.hidden_size, states)
+    keep = spec.teacher_mode == "online" and any(s["data"] == "transfer" for s in spec.stages)
+    if keep:
+        teacher.eval().requires_grad_(False)
+    return Built(module, tokenizer, teacher if keep else None, mapping, param_groups(module))
+
+
+class DeepSpeedBackend:
+    """``run_schedule`` on a DeepSpeed engine: its optimizer keeps the unit groups, checkpoints are collective."""
+
+    def __init__(self, engine, scratch: str, sharded_dev: bool):
+        self.model, self.optimizer = engine, engine.optimizer
+        self.scratch, self.sharded_dev = scratch, sharded_dev
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.model.backward(loss)
+        self.model.step()
+
+    def save(self, tag: str) -> None:
+        self.model.save_checkpoint(self.scratch, tag=tag)
+
+    def restore(self, tag: str) -> None:
+        self.model.load_checkpoint(self.scratch, tag=tag)
+
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        if self.sharded_dev and dist.is_initialized():
+            dist.all_reduce(values)
+        return values
 
 
 def worker_loop(config: dict) -> None:
@@ -92,90 +146,97 @@ def worker_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(spec.seed)
-    model, tokenizer = _build_model(spec)
-    counts = param_counts(model)
+    built = _build(spec)
+    counts = param_counts(built.module.student)
     engine, *_ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(spec, world),
+        model=built.module, model_parameters=built.groups, config=deepspeed_config(spec, world)
     )
+    if built.teacher is not None:
+        built.teacher.to(engine.device)
+    # ZeRO-3 needs every rank in every forward, so there all ranks score the whole of dev
+    sharded = spec.deepspeed["zero_stage"] < 3 and world > 1
+    backend = DeepSpeedBackend(engine, spec.scratch, sharded)
     tracker = None
     if rank == 0 and spec.run_id:
         from xdray.tracking import Tracker
 
         tracker = Tracker(spec.tracking_uri)
-        tracker.params(spec.run_id, {"params": counts, "world_size": world, "zero_stage": spec.deepspeed["zero_stage"]})
+        tracker.params(spec.run_id, {"params": counts, "world_size": world, "zero_stage": spec.deepspeed["zero_stage"],
+                                     "layer_map": list(built.layer_map)})
 
-    step, history, samples, train_seconds = 0, [], 0, 0.0
-    for stage in spec.stages:
-        shard = ray.train.get_dataset_shard(stage["data"])
-        best, best_epoch = -1.0, -1
-        for epoch in range(stage["epochs"]):
-            engine.train()
-            t0, seen, loss_sum, n_batches = time.perf_counter(), 0, 0.0, 0
-            for raw in shard.iter_batches(
-                batch_size=spec.batch_size, batch_format="numpy",
-                local_shuffle_buffer_size=spec.batch_size * 16, local_shuffle_seed=spec.seed + epoch,
-            ):
-                batch = collate(raw, tokenizer, spec.max_length, engine.device)
-                logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = stage_loss(stage["loss"], logits, batch, stage.get("temperature", 1.0))
-                engine.backward(loss)
-                engine.step()
-                step, n_batches, seen = step + 1, n_batches + 1, seen + len(batch["input_ids"])
-                loss_sum += loss.item()
-                if tracker and step % LOG_EVERY == 0:
-                    tracker.metrics(spec.run_id, {f"train/{stage['name']}/loss": loss.item()}, step)
-            elapsed = time.perf_counter() - t0
-            samples, train_seconds = samples + seen * world, train_seconds + elapsed
-            dev_acc = _dev_accuracy(engine, tokenizer, spec, rank, world)
-            if dev_acc > best:
-                best, best_epoch = dev_acc, epoch
-                if stage["epochs"] > 1:
-                    engine.save_checkpoint(spec.scratch, tag=f"{stage['name']}-best")
-            record = {
-                "stage": stage["name"], "epoch": epoch, "step": step, "dev_accuracy": dev_acc,
-                "loss": loss_sum / max(n_batches, 1), "samples_per_s": seen * world / max(elapsed, 1e-9),
-            }
-            history.append(record)
-            if tracker:
-                tracker.metrics(
-                    spec.run_id,
-                    {f"dev/{stage['name']}/accuracy": dev_acc, f"train/{stage['name']}/epoch_loss": record["loss"],
-                     "train/samples_per_s": record["samples_per_s"]},
-                    step,
-                )
-            ray.train.report({**record, "params": counts["total"], "final": False})
-        if best_epoch != stage["epochs"] - 1:  # restore the stage's best epoch (all ranks: collective)
-            engine.load_checkpoint(spec.scratch, tag=f"{stage['name']}-best")
-    final_dev = _dev_accuracy(engine, tokenizer, spec, rank, world)
+    student_cfg = spec.student or {}
+    phases = expand_stages(spec.stages, len(encoder_blocks(built.module.student)),
+                           student_cfg.get("freeze_embeddings", False))
+    objective_for = _objectives(spec, built)
+    data = _data(spec, built, engine.device, objective_for, rank if sharded else 0, world if sharded else 1)
+
+    def on_epoch(record: dict) -> None:
+        record["samples_per_s"] = record["samples"] * world / max(record["seconds"], 1e-9)
+        if tracker:
+            name = record["stage"]
+            tracker.metrics(spec.run_id, {
+                f"dev/{name}/accuracy": record["dev_accuracy"], f"dev/{name}/loss": record["dev_loss"],
+                f"train/{name}/epoch_loss": record["loss"], "train/samples_per_s": record["samples_per_s"],
+            }, record["step"])
+        plain = {k: v for k, v in record.items() if not isinstance(v, list)}
+        ray.train.report({**plain, "params": counts["total"], "final": False})
+
+    def on_step(phase: Phase, step: int, parts: dict) -> None:
+        if tracker and step % LOG_EVERY == 0:
+            tracker.metrics(spec.run_id, {f"train/{phase.name}/{k}": v.item() for k, v in parts.items()}, step)
+
+    history = run_schedule(backend, phases, objective_for, data, spec.lr, on_epoch, on_step)
+    final = evaluate(backend, objective_for(phases[-1]), data.dev(phases[-1]))
     nodes = [None] * world
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    seconds = sum(r["seconds"] for r in history)
     summary = {
-        "dev_accuracy": final_dev, "params": counts, "history": history, "steps": step,
-        "samples_per_s": samples / max(train_seconds, 1e-9), "world_size": world, "worker_nodes": nodes,
+        "dev_accuracy": final["accuracy"], "params": counts, "history": history, "steps": history[-1]["step"],
+        "samples_per_s": sum(r["samples"] for r in history) * world / max(seconds, 1e-9), "world_size": world,
+        "worker_nodes": nodes, "layer_map": list(built.layer_map), "phases": [p.name for p in phases],
     }
-    _report_final(engine, tokenizer, summary, rank, spec.deepspeed["zero_stage"])
+    _report_final(engine, built.tokenizer, summary, rank, spec.deepspeed["zero_stage"])
 
 
-@torch.no_grad()
-def _dev_accuracy(engine, tokenizer, spec: TrainSpec, rank: int, world: int) -> float:
-    """Each rank scores a slice of dev; counts are summed. ZeRO-3 needs every rank in every forward, so
-    there all ranks score the whole of dev in the same order instead."""
-    engine.eval()
-    sharded = spec.deepspeed["zero_stage"] < 3 and world > 1
-    texts = spec.dev_texts[rank::world] if sharded else spec.dev_texts
-    labels = spec.dev_labels[rank::world] if sharded else spec.dev_labels
-    correct = 0
-    for idx in length_sorted_batches(texts, 64):
-        raw = {"text": [texts[i] for i in idx]}
-        batch = collate(raw, tokenizer, spec.max_length, engine.device)
-        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        correct += int((logits.argmax(-1).cpu() == torch.tensor([labels[i] for i in idx])).sum())
-    totals = torch.tensor([correct, len(texts)], dtype=torch.float64)
-    if sharded and dist.is_initialized():
-        dist.all_reduce(totals)
-    engine.train()
-    return float(totals[0] / max(totals[1], 1))
+def _objectives(spec: TrainSpec, built: Built):
+    rep = spec.representation
+
+    def objective_for(phase: Phase) -> Objective:
+        return Objective(
+            losses=phase.losses, layer_map=built.layer_map, positions=rep["positions"], hidden_kind=rep["hidden_loss"],
+            attention=rep["attention"], temperature=phase.temperature,
+        )
+
+    return objective_for
+
+
+def _data(spec: TrainSpec, built: Built, device, objective_for, dev_rank: int, dev_world: int) -> Data:
+    """Batches for ``run_schedule``: this worker's shard of the phase's dataset and its share of dev, each with
+    the teacher targets the phase needs (from the Parquet, or from the frozen teacher in online mode)."""
+    dev_raw = table_batches(ray.get(spec.dev), DEV_BATCH)[dev_rank::dev_world]
+    dev_cache: dict[Objective, list[dict]] = {}
+
+    def with_targets(batch: dict, phase: Phase) -> dict:
+        if built.teacher is not None and phase.data == "transfer":
+            batch |= teacher_targets(built.teacher, batch, objective_for(phase))
+        return batch
+
+    def train(phase: Phase, epoch: int):
+        shard = ray.train.get_dataset_shard(phase.data)
+        for raw in shard.iter_batches(
+            batch_size=spec.batch_size, batch_format="numpy",
+            local_shuffle_buffer_size=spec.batch_size * 16, local_shuffle_seed=spec.seed + epoch,
+        ):
+            yield with_targets(collate(raw, built.tokenizer, spec.max_length, device), phase)
+
+    def dev(phase: Phase) -> list[dict]:
+        key = objective_for(phase)
+        if key not in dev_cache:  # the teacher runs over dev once per objective, not once per epoch
+            dev_cache[key] = [with_targets(collate(r, built.tokenizer, spec.max_length, device), phase)
+                              for r in dev_raw]
+        return dev_cache[key]
+
+    return Data(train=train, dev=dev)
 
 
 def _report_final(engine, tokenizer, summary: dict, rank: int, zero_stage: int) -> None:
@@ -183,11 +244,11 @@ def _report_final(engine, tokenizer, summary: dict, rank: int, zero_stage: int) 
     import deepspeed
 
     with tempfile.TemporaryDirectory() as tmp:
-        params = list(engine.module.parameters())
-        gather = deepspeed.zero.GatheredParameters(params) if zero_stage == 3 else nullcontext()
+        student = engine.module.student
+        gather = deepspeed.zero.GatheredParameters(list(student.parameters())) if zero_stage == 3 else nullcontext()
         with gather:
             if rank == 0:
-                engine.module.save_pretrained(tmp, safe_serialization=True)
+                student.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
                 Path(tmp, "xdray_train.json").write_text(json.dumps(summary, indent=2))
         checkpoint = Checkpoint.from_directory(tmp) if rank == 0 else None
@@ -210,7 +271,7 @@ def fit(
     storage.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config=asdict(spec),
+        train_loop_config={f.name: getattr(spec, f.name) for f in fields(spec)},  # keeps the dev ObjectRef
         scaling_config=ScalingConfig(
             num_workers=trainer_cfg.workers,
             use_gpu=trainer_cfg.use_gpu,

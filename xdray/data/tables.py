@@ -1,8 +1,9 @@
 """Reading labeled splits and transfer corpora, with stable content-derived ids.
 
-Labeled splits are TSV files with a header and columns ``text`` and ``label`` (integer class ids).
-Transfer corpora are text files, one sentence per line; blank lines are dropped and exact duplicates are
-kept once, so the labelled Parquet has exactly one row per id.
+Labeled splits are TSV files with a header and columns ``text`` and ``label`` (integer class ids), plus
+``text_pair`` for sentence-pair tasks. Transfer corpora are text files, one sentence per line (for pairs:
+``text<TAB>text_pair``); blank lines are dropped and exact duplicates are kept once, so the labelled Parquet
+has exactly one row per id.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from xdray.errors import XdrayError
 class LabeledSplit:
     texts: list[str]
     labels: list[int]
+    pairs: list[str] | None = None
+    """Second sentences of sentence-pair tasks (the ``text_pair`` column)."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -29,14 +32,19 @@ class LabeledSplit:
         if n is None or n >= len(self):
             return self
         idx = sorted(random.Random(seed).sample(range(len(self)), n))
-        return LabeledSplit([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+        pairs = [self.pairs[i] for i in idx] if self.pairs is not None else None
+        return LabeledSplit([self.texts[i] for i in idx], [self.labels[i] for i in idx], pairs)
 
     def rows(self) -> list[dict]:
-        return [{"text": t, "label": y} for t, y in zip(self.texts, self.labels)]
+        rows = [{"text": t, "label": y} for t, y in zip(self.texts, self.labels)]
+        if self.pairs is not None:
+            for row, pair in zip(rows, self.pairs):
+                row["text_pair"] = pair
+        return rows
 
 
 def read_labeled(path: Path) -> LabeledSplit:
-    texts, labels = [], []
+    texts, labels, pairs = [], [], []
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.DictReader(f, delimiter="\t")
         if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
@@ -49,14 +57,15 @@ def read_labeled(path: Path) -> LabeledSplit:
                     f"{path}:{lineno}: label {row['label']!r} is not an integer class id; fix: use 0..N-1"
                 ) from None
             texts.append(row["text"] or "")
+            pairs.append(row.get("text_pair") or "")
     if not texts:
         raise XdrayError(f"{path}: no rows; fix: point the config at a non-empty split")
-    return LabeledSplit(texts, labels)
+    return LabeledSplit(texts, labels, pairs if "text_pair" in reader.fieldnames else None)
 
 
 def write_labeled(path: Path, split: LabeledSplit) -> None:
-    rows = [{"text": t, "label": y} for t, y in zip(split.texts, split.labels)]
-    write_atomic_tsv(path, ["text", "label"], rows)
+    fields = ["text", "label"] + (["text_pair"] if split.pairs is not None else [])
+    write_atomic_tsv(path, fields, split.rows())
 
 
 def write_atomic_tsv(path: Path, fields: list[str], rows: list[dict]) -> None:
@@ -76,7 +85,8 @@ def stable_id(source: str, text: str) -> str:
 
 
 def read_transfer(paths: list[Path], limit: int | None, seed: int) -> tuple[list[str], list[str], dict]:
-    """Read, clean and dedupe transfer corpora; returns (ids, texts, counts of what was dropped)."""
+    """Read, clean and dedupe transfer corpora; returns (ids, lines, counts of what was dropped).
+    A line of a sentence-pair corpus holds ``text<TAB>text_pair``; ``split_pair`` separates them."""
     seen: dict[str, str] = {}
     counts = {"lines": 0, "empty": 0, "duplicates": 0}
     for path in paths:
@@ -98,3 +108,9 @@ def read_transfer(paths: list[Path], limit: int | None, seed: int) -> tuple[list
         ids = sorted(random.Random(seed).sample(ids, limit))
         counts["subsampled_to"] = limit
     return ids, [seen[i] for i in ids], counts
+
+
+def split_pair(line: str) -> tuple[str, str]:
+    """``text<TAB>text_pair`` → (text, text_pair); a line without a TAB has an empty second sentence."""
+    text, _, pair = line.partition("\t")
+    return text.strip(), pair.strip()

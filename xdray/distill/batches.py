@@ -5,37 +5,61 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 from transformers import PreTrainedTokenizerBase
 
 
 def collate(
-    raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int, device: torch.device
-) -> dict[str, torch.Tensor]:
+    raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int, device: torch.device | str
+) -> dict:
     """A Ray Data numpy batch → model inputs and targets, padded to the longest row of the batch.
 
-    Rows carry either ``input_ids`` (the labelled transfer set: tokenized once, by the labelling job) or
-    ``text`` (labeled splits, tokenized here).
+    Rows carry either ``input_ids`` (+ ``token_type_ids`` for pairs; the labelled Parquet, tokenized once by
+    the labelling job) or ``text`` (+ ``text_pair``; labeled splits, tokenized here). Teacher targets:
+    ``logits`` and ``hidden_<k>`` (the teacher's [CLS] state of hidden layer k).
     """
     if "input_ids" in raw:
-        ids = [np.asarray(r, dtype=np.int64)[:max_length] for r in raw["input_ids"]]
-        width = max(len(r) for r in ids)
-        input_ids = np.full((len(ids), width), tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        for i, r in enumerate(ids):
-            input_ids[i, : len(r)] = r
-            mask[i, : len(r)] = 1
-        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+        batch = {"input_ids": _pad(raw["input_ids"], max_length, tokenizer.pad_token_id)}
+        batch["attention_mask"] = _pad([np.ones(len(r)) for r in raw["input_ids"]], max_length, 0)
+        if "token_type_ids" in raw:
+            batch["token_type_ids"] = _pad(raw["token_type_ids"], max_length, 0)
     else:
-        enc = tokenizer(
-            [str(t) for t in raw["text"]], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
-        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        pairs = [str(t) for t in raw["text_pair"]] if "text_pair" in raw else None
+        enc = tokenizer([str(t) for t in raw["text"]], pairs, truncation=True, max_length=max_length,
+                        padding=True, return_tensors="pt")
+        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     if "logits" in raw:
         batch["teacher_logits"] = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in raw["logits"]]))
+    hidden = {int(k.removeprefix("hidden_")): k for k in raw if k.startswith("hidden_")}
+    if hidden:
+        batch["teacher_hidden"] = {
+            layer: torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in raw[col]]))
+            for layer, col in sorted(hidden.items())
+        }
     if "label" in raw:
         batch["labels"] = torch.tensor(np.asarray(raw["label"]), dtype=torch.long)  # copies the read-only Arrow buffer
-    return {k: v.to(device) for k, v in batch.items()}
+    return to_device(batch, device)
+
+
+def table_batches(table: pa.Table, size: int) -> list[dict[str, np.ndarray]]:
+    """A pyarrow table as numpy batches in the layout Ray Data's ``iter_batches`` gives (list cells → arrays)."""
+    return [
+        {name: col.to_numpy(zero_copy_only=False) for name, col in zip(part.column_names, part.columns)}
+        for part in (table.slice(lo, size) for lo in range(0, table.num_rows, size))
+    ]
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
+
+
+def _pad(rows, max_length: int, value: int) -> torch.Tensor:
+    rows = [np.asarray(r, dtype=np.int64)[:max_length] for r in rows]
+    out = np.full((len(rows), max(len(r) for r in rows)), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)
 
 
 def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
@@ -53,16 +77,15 @@ def predict(
     max_length: int,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    pairs: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Predicted class ids, in input order."""
     was_training = model.training
     model.eval()
     preds = np.zeros(len(texts), dtype=np.int64)
     for idx in length_sorted_batches(texts, batch_size):
-        enc = tokenizer(
-            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        ).to(device)
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        raw = {"text": [texts[i] for i in idx]} | ({"text_pair": [pairs[i] for i in idx]} if pairs else {})
+        logits = model(**collate(raw, tokenizer, max_length, device)).logits
         preds[idx] = logits.argmax(-1).cpu().numpy()
     model.train(was_training)
     return preds

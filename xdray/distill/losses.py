@@ -1,9 +1,95 @@
-"""Distillation losses, each its own function (plain torch)."""
+"""Distillation losses, each its own function (plain torch, no Ray).
+
+Hidden-state and attention losses take lists with one tensor per matched layer; which teacher layer each
+student layer is matched to is ``layer_map``'s job, and projecting narrower student states into the teacher's
+width is the caller's (``objective.DistillModule``).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def layer_map(student_layers: int, teacher_layers: int, mode: str = "top") -> list[int]:
+    """The teacher hidden-state index (0 = embedding output) matched to each of the student's L_s+1 states.
+
+    ``top`` (the paper): 12 → 6 maps student embeddings ↔ teacher layer 6, ..., student layer 6 ↔ teacher 12.
+    ``uniform``: evenly spread, embeddings ↔ embeddings and top ↔ top.
+    """
+    if not 1 <= student_layers <= teacher_layers:
+        raise ValueError(f"cannot map {student_layers} student layers onto {teacher_layers} teacher layers")
+    if mode == "top":
+        return [teacher_layers - student_layers + i for i in range(student_layers + 1)]
+    if mode == "uniform":
+        return [round(i * teacher_layers / student_layers) for i in range(student_layers + 1)]
+    raise ValueError(f"unknown layer map {mode!r}")
+
+
+def select_positions(states: torch.Tensor, mask: torch.Tensor, positions: str) -> torch.Tensor:
+    """(B, T, H) → (B, H) [CLS] vectors for sequence tasks, or (N, H) every non-pad token for token tasks."""
+    if positions == "cls":
+        return states[:, 0]
+    return states[mask.bool()]
+
+
+def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], kind: str = "mse") -> torch.Tensor:
+    """Mean over matched layers of MSE (or 1 - cosine) between (N, H_t) student and teacher states."""
+    if len(student) != len(teacher):
+        raise ValueError(f"{len(student)} student states for {len(teacher)} teacher states")
+    per_layer = []
+    for s, t in zip(student, teacher):
+        s, t = s.float(), t.float()
+        if kind == "mse":
+            per_layer.append(F.mse_loss(s, t))
+        elif kind == "cosine":
+            per_layer.append((1 - F.cosine_similarity(s, t, dim=-1)).mean())
+        else:
+            raise ValueError(f"unknown hidden loss {kind!r}")
+    return torch.stack(per_layer).mean()
+
+
+def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) token mask → (B, T, T) mask of (query, key) pairs that are both real tokens."""
+    m = mask.float()
+    return m[:, :, None] * m[:, None, :]
+
+
+def attention_mse(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor
+) -> torch.Tensor:
+    """MSE between head-averaged attention maps (B, heads, T, T), so any head counts compare; padding masked."""
+    pairs = _pair_mask(mask)
+    per_layer = []
+    for s, t in zip(student, teacher, strict=True):
+        diff = (s.float().mean(1) - t.float().mean(1)) ** 2
+        per_layer.append((diff * pairs).sum() / pairs.sum().clamp_min(1))
+    return torch.stack(per_layer).mean()
+
+
+def _log_relation(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log softmax(H Hᵀ / sqrt(d)) over real keys: a (B, T, T) distribution that ignores the width."""
+    states = states.float()
+    scores = states @ states.transpose(1, 2) / math.sqrt(states.shape[-1])
+    scores = scores.masked_fill(~mask.bool()[:, None, :], torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+def relation_kl(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """MiniLM-style relation distillation on (B, T, H) states: KL(teacher ‖ student) of self-relation maps,
+    averaged over real query tokens. Widths and head counts may differ freely."""
+    queries = mask.bool()
+    per_layer = []
+    for s, t in zip(student, teacher, strict=True):
+        log_s, log_t = _log_relation(s, mask), _log_relation(t, mask)
+        kl = (log_t.exp() * (log_t - log_s)).masked_fill(~queries[:, None, :], 0).sum(-1)
+        per_layer.append(kl[queries].mean())
+    return torch.stack(per_layer).mean()
 
 
 def logits_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -20,17 +106,6 @@ def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float =
 
 
 def hard_label_ce(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(student.float(), labels)
-
-
-def stage_loss(
-    loss: str, logits: torch.Tensor, batch: dict[str, torch.Tensor], temperature: float = 1.0
-) -> torch.Tensor:
-    """The loss a stage asks for, from the student's logits and the batch's targets."""
-    if loss == "logits_mse":
-        return logits_mse(logits, batch["teacher_logits"])
-    if loss == "logits_kl":
-        return logits_kl(logits, batch["teacher_logits"], temperature)
-    if loss == "ce":
-        return hard_label_ce(logits, batch["labels"])
-    raise ValueError(f"unknown loss {loss!r}")
+    """Cross-entropy on hard labels; for token tasks (B, T, C) logits, labels of -100 (padding, special
+    tokens) are left out."""
+    return F.cross_entropy(student.float().reshape(-1, student.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)

@@ -1,42 +1,125 @@
-"""Student builder: a standard BERT classifier sized from the config, with PCA-compressed teacher embeddings.
+"""Student builder: a standard Hugging Face classifier sized from the config, initialised the paper's ways.
 
-The student takes on the teacher's vocabulary (the teacher's tokenizer is used for all data), so its word
-embeddings start as the teacher's embedding matrix projected onto its top principal components (paper, step 3).
-The result saves with ``save_pretrained`` and loads with ``AutoModelForSequenceClassification``.
+- ``embedding_size == hidden``: a BERT student; ``embedding_size < hidden``: an ALBERT student with unshared
+  layers (``num_hidden_groups == num_hidden_layers``) and a factorized embedding. Both save with
+  ``save_pretrained`` and load with ``AutoModelForSequenceClassification`` without remote code.
+- ``init``: ``random``; ``teacher-layers`` (copy a subset of the teacher's blocks, widths must match);
+  ``pretrained:<path or hub id>`` (a small pre-trained encoder such as MiniLM, as the paper does).
+- Word embeddings: ``pca`` (the teacher's matrix projected onto its top principal components — also how the
+  student takes on the teacher's vocabulary), ``copy`` (from the init source) or ``random``.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, PretrainedConfig, PreTrainedModel
+from torch import nn
+from transformers import (
+    AlbertConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from xdray.config import StudentConfig
+from xdray.errors import XdrayError
 
 
-def build_student(
-    spec: StudentConfig, teacher: PreTrainedModel, num_labels: int, seed: int = 0
-) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    tcfg: PretrainedConfig = teacher.config
-    config = BertConfig(
-        vocab_size=tcfg.vocab_size,
+def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: int) -> PretrainedConfig:
+    """The HF config of the student: BERT, or ALBERT with unshared layers when the embedding is factorized."""
+    common = dict(
+        vocab_size=teacher.vocab_size,
         hidden_size=spec.hidden,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         intermediate_size=spec.intermediate or 4 * spec.hidden,
-        max_position_embeddings=getattr(tcfg, "max_position_embeddings", 512),
-        type_vocab_size=getattr(tcfg, "type_vocab_size", 2),
-        pad_token_id=getattr(tcfg, "pad_token_id", 0) or 0,
+        max_position_embeddings=getattr(teacher, "max_position_embeddings", 512),
+        type_vocab_size=getattr(teacher, "type_vocab_size", 2),
+        pad_token_id=getattr(teacher, "pad_token_id", 0) or 0,
+        hidden_act="gelu",
         num_labels=num_labels,
-        id2label=dict(tcfg.id2label) if len(tcfg.id2label) == num_labels else None,
-        label2id=dict(tcfg.label2id) if len(tcfg.label2id) == num_labels else None,
     )
-    student = BertForSequenceClassification(config)
-    if spec.embeddings == "pca":
-        words = teacher.get_input_embeddings().weight.detach()
-        with torch.no_grad():
-            student.get_input_embeddings().weight.copy_(pca_compress(words, spec.hidden))
+    if len(teacher.id2label) == num_labels:
+        common.update(id2label=dict(teacher.id2label), label2id=dict(teacher.label2id))
+    if spec.factorized:
+        return AlbertConfig(
+            embedding_size=spec.embedding_size, num_hidden_groups=spec.layers, inner_group_num=1,
+            hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout_prob=0.1, **common,
+        )
+    return BertConfig(**common)
+
+
+def build_student(spec: StudentConfig, teacher: PreTrainedModel, num_labels: int, seed: int = 0) -> PreTrainedModel:
+    """A student classifier for ``teacher``'s vocabulary; deterministic for a given seed."""
+    check_student(spec, teacher.config)
+    torch.manual_seed(seed)
+    student = AutoModelForSequenceClassification.from_config(student_config(spec, teacher.config, num_labels))
+    source = None
+    if spec.init == "teacher-layers":
+        source = teacher.base_model
+    elif spec.init.startswith("pretrained:"):
+        source = AutoModel.from_pretrained(spec.init.removeprefix("pretrained:"))
+        check_source(spec, source.config, teacher.config.vocab_size)
+    if source is not None:
+        _copy_encoder(source, student.base_model, spec.init_layers)
+    words = student.get_input_embeddings().weight
+    with torch.no_grad():
+        if spec.embeddings == "pca":
+            words.copy_(pca_compress(teacher.get_input_embeddings().weight.detach(), spec.embedding_width))
+        elif spec.embeddings == "copy":
+            words.copy_(source.get_input_embeddings().weight)
     return student
+
+
+def check_student(spec: StudentConfig, teacher: PretrainedConfig) -> None:
+    """Fail before any training when the init cannot apply to this teacher (one line, with the fix)."""
+    if spec.init != "teacher-layers":
+        return
+    check_source(spec, teacher, teacher.vocab_size)
+
+
+def check_source(spec: StudentConfig, source: PretrainedConfig, vocab_size: int) -> None:
+    what = f"distill.student.init={spec.init}"
+    widths = (getattr(source, "hidden_size", None), getattr(source, "intermediate_size", None))
+    want = (spec.hidden, spec.intermediate or 4 * spec.hidden)
+    if widths != want:
+        raise XdrayError(
+            f"{what}: the source has hidden/intermediate {widths}, the student {want}; "
+            "fix: give the student the same widths or use init: random"
+        )
+    layers = source.num_hidden_layers
+    chosen = spec.init_layers or []
+    if spec.layers > layers or any(not 0 <= i < layers for i in chosen):
+        raise XdrayError(
+            f"{what}: the source has {layers} layers, the student {spec.layers} (init_layers {chosen}); "
+            "fix: pick layer indices 0.."
+            f"{layers - 1}"
+        )
+    if source.vocab_size != vocab_size:
+        raise XdrayError(
+            f"{what}: the source vocabulary ({source.vocab_size}) is not the teacher's ({vocab_size}); "
+            "fix: use a checkpoint with the teacher's tokenizer"
+        )
+
+
+def spread_layers(source_layers: int, layers: int) -> list[int]:
+    """Evenly spaced source blocks ending with the top one (6 → 3 gives 1, 3, 5)."""
+    return [round((i + 1) * source_layers / layers) - 1 for i in range(layers)]
+
+
+def _copy_encoder(source: nn.Module, student: nn.Module, chosen: list[int] | None) -> None:
+    """Copy position/type embeddings, the embedding LayerNorm and the chosen blocks (word embeddings aside)."""
+    src_layers = source.encoder.layer
+    chosen = chosen or spread_layers(len(src_layers), len(student.encoder.layer))
+    with torch.no_grad():
+        for name in ("position_embeddings", "token_type_embeddings"):
+            src, dst = getattr(source.embeddings, name).weight, getattr(student.embeddings, name).weight
+            rows = min(len(src), len(dst))
+            dst[:rows].copy_(src[:rows])
+        student.embeddings.LayerNorm.load_state_dict(source.embeddings.LayerNorm.state_dict())
+        for dst, i in zip(student.encoder.layer, chosen):
+            dst.load_state_dict(src_layers[i].state_dict())
 
 
 def pca_compress(matrix: torch.Tensor, dim: int) -> torch.Tensor:
@@ -57,11 +140,34 @@ def pca_compress(matrix: torch.Tensor, dim: int) -> torch.Tensor:
     return projected * (matrix.std() / projected.std().clamp_min(1e-8))
 
 
-def param_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Exact parameter counts: embeddings, encoder, head, total."""
-    counts = {"embeddings": 0, "encoder": 0, "head": 0}
-    for name, p in model.named_parameters():
-        part = "embeddings" if ".embeddings." in f".{name}" else "encoder" if ".encoder." in f".{name}" else "head"
-        counts[part] += p.numel()
-    counts["total"] = sum(counts.values())
-    return counts
+# ---------------------------------------------------------------------------------------------------------
+# The parts of an encoder, bottom to top: what param counts and gradual unfreezing work with
+
+
+def encoder_blocks(model: PreTrainedModel) -> list[nn.Module]:
+    """The transformer blocks, bottom first (BERT-like ``encoder.layer``, ALBERT's unshared groups, or
+    DistilBERT's ``transformer.layer``)."""
+    base = model.base_model
+    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+    blocks = getattr(encoder, "albert_layer_groups", None) or getattr(encoder, "layer", None)
+    if blocks is None:
+        raise XdrayError(f"{type(model).__name__}: no transformer blocks found; fix: use a BERT-like encoder")
+    return list(blocks)
+
+
+def embedding_modules(model: PreTrainedModel) -> list[nn.Module]:
+    """Everything before the first block (ALBERT's E→H mapping is part of its factorized embedding)."""
+    base = model.base_model
+    mapping = getattr(getattr(base, "encoder", None), "embedding_hidden_mapping_in", None)
+    return [base.embeddings] + ([mapping] if mapping is not None else [])
+
+
+def param_counts(model: PreTrainedModel) -> dict[str, int]:
+    """Exact parameter counts: embeddings, encoder blocks, head (pooler + classifier), total."""
+    def size(modules):
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    counts = {"embeddings": size(embedding_modules(model)), "encoder": size(encoder_blocks(model))}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    counts["head"] = counts["total"] - counts["embeddings"] - counts["encoder"]
+    return {k: counts[k] for k in ("embeddings", "encoder", "head", "total")}

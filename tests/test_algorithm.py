@@ -1,0 +1,322 @@
+"""Unit tests of the XtremeDistil algorithm in plain torch: losses, the student builder, the progressive
+schedule. No Ray, no DeepSpeed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+from xdray.config import StageConfig, StudentConfig
+from xdray.distill import losses as L
+from xdray.distill.objective import DistillModule, Objective, teacher_targets
+from xdray.distill.schedule import Data, TorchBackend, block_units, expand_stages, param_groups, run_schedule
+from xdray.errors import XdrayError
+from xdray.models.student import build_student, param_counts, pca_compress, spread_layers
+
+
+def _teacher(hidden=48, heads=12, layers=4, seed=0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=90, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=2)
+    config._attn_implementation = "eager"
+    return BertForSequenceClassification(config).eval()
+
+
+def _inputs(batch=3, length=7):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, 90, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def test_layer_maps_top_aligned_and_uniform():
+    assert L.layer_map(6, 12, "top") == [6, 7, 8, 9, 10, 11, 12]
+    assert L.layer_map(3, 12, "uniform") == [0, 4, 8, 12]
+    assert L.layer_map(2, 2, "top") == [0, 1, 2]
+    with pytest.raises(ValueError):
+        L.layer_map(4, 2)
+
+
+@pytest.mark.parametrize("kind", ["mse", "cosine"])
+def test_hidden_loss_projects_64_to_32_and_has_gradients(kind):
+    torch.manual_seed(0)
+    student = [torch.randn(5, 32, requires_grad=True) for _ in range(3)]
+    project = torch.nn.Linear(32, 64)
+    teacher = [torch.randn(5, 64) for _ in range(3)]
+    loss = L.hidden_loss([project(s) for s in student], teacher, kind)
+    assert loss.shape == () and loss.item() > 0
+    loss.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
+    assert project.weight.grad.abs().sum() > 0
+    assert L.hidden_loss(teacher, teacher, kind).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_token_positions_leave_out_padding():
+    states = torch.arange(2 * 3 * 2, dtype=torch.float).reshape(2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert L.select_positions(states, mask, "tokens").shape == (3, 2)
+    assert torch.equal(L.select_positions(states, mask, "cls"), states[:, 0])
+
+
+def test_attention_losses_work_for_12_teacher_heads_and_4_student_heads():
+    teacher, inputs = _teacher(), _inputs()
+    spec = StudentConfig(layers=2, hidden=32, heads=4, intermediate=64, embeddings="random")
+    student = build_student(spec, teacher, num_labels=2)
+    student.config._attn_implementation = "eager"
+    module = DistillModule(student, teacher_hidden=48, states=3)
+    for mode in ("mean_heads", "relation"):
+        objective = Objective(losses=("attention",), layer_map=tuple(L.layer_map(2, 4)), attention=mode)
+        batch = inputs | teacher_targets(teacher, inputs, objective)
+        out = module(**inputs, **objective.forward_kwargs())
+        if mode == "mean_heads":
+            assert out["attentions"][0].shape == (3, 4, 7, 7) and batch["teacher_attentions"][3].shape == (3, 12, 7, 7)
+        loss = objective(out, batch)["attention"]
+        assert loss.shape == () and loss.item() > 0
+        module.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in student.bert.encoder.layer[0].attention.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), mode
+
+
+def test_attention_mse_ignores_padded_positions():
+    mask = torch.tensor([[1, 1, 0]])
+    a = torch.softmax(torch.randn(1, 2, 3, 3), -1)
+    b = a.clone()
+    b[..., 2] += 5.0  # differences only at the padded key / query
+    b[..., 2, :] += 5.0
+    assert L.attention_mse([a], [b], mask).item() == pytest.approx(0, abs=1e-7)
+    assert L.relation_kl([torch.randn(1, 3, 4)] * 1, [torch.randn(1, 3, 8)], mask).item() >= 0
+
+
+def test_logit_losses_and_token_level_cross_entropy():
+    s, t = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])
+    assert L.logits_mse(s, t).item() == pytest.approx(2.5)
+    p = torch.softmax(t / 2, -1)
+    q = torch.softmax(s / 2, -1)
+    assert L.logits_kl(s, t, 2.0).item() == pytest.approx(float((p * (p / q).log()).sum()) * 4, rel=1e-5)
+    logits = torch.zeros(2, 3, 4, requires_grad=True)
+    labels = torch.tensor([[-100, 1, -100], [2, -100, -100]])  # special tokens and padding are -100
+    loss = L.hard_label_ce(logits, labels)
+    assert loss.item() == pytest.approx(math.log(4))
+    loss.backward()
+    assert logits.grad[0, 0].abs().sum() == 0 and logits.grad[0, 1].abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Student builder
+
+
+def test_pca_keeps_the_top_variance():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(24, 24))[0]
+    matrix = (torch.randn(500, 24) * torch.linspace(5, 0.1, 24)) @ basis.T + 3.0
+    centered = (matrix - matrix.mean(0)).double()
+    eigen = torch.linalg.eigvalsh(centered.T @ centered).flip(0)
+
+    def explained(projected: torch.Tensor) -> float:
+        """Share of the variance a linear reconstruction from ``projected`` recovers."""
+        weights = torch.linalg.lstsq(projected.double(), centered).solution
+        return 1 - float(((centered - projected.double() @ weights) ** 2).sum() / (centered**2).sum())
+
+    compressed = pca_compress(matrix, 6)
+    assert explained(compressed) == pytest.approx(float(eigen[:6].sum() / eigen.sum()), abs=1e-4)
+    assert explained(centered.float() @ torch.linalg.qr(torch.randn(24, 6))[0]) < explained(compressed) - 0.1
+    variances = compressed.var(0)
+    assert torch.all(variances[:-1] >= variances[1:])  # largest component first
+    assert torch.equal(compressed, pca_compress(matrix, 6))  # deterministic
+
+
+def test_bert_and_factorized_albert_students_round_trip(tmp_path):
+    teacher = _teacher()
+    ids = _inputs()
+    for spec, arch in ((StudentConfig(layers=2, hidden=32, heads=4), "BertForSequenceClassification"),
+                       (StudentConfig(layers=2, hidden=32, heads=4, embedding_size=16), "AlbertForSequenceClassification")):
+        student = build_student(spec, teacher, num_labels=2).eval()
+        assert type(student).__name__ == arch
+        assert student.get_input_embeddings().weight.shape == (90, spec.embedding_width)
+        assert torch.allclose(student.get_input_embeddings().weight,
+                              pca_compress(teacher.get_input_embeddings().weight.detach(), spec.embedding_width))
+        out = tmp_path / arch
+        student.save_pretrained(out, safe_serialization=True)
+        assert (out / "model.safetensors").is_file()
+        loaded = AutoModelForSequenceClassification.from_pretrained(out).eval()
+        assert torch.equal(student(**ids).logits, loaded(**ids).logits)
+        counts = param_counts(student)
+        assert counts["total"] == sum(p.numel() for p in student.parameters())
+        assert counts["embeddings"] + counts["encoder"] + counts["head"] == counts["total"]
+    albert = build_student(StudentConfig(layers=2, hidden=32, heads=4, embedding_size=16), teacher, 2)
+    bert = build_student(StudentConfig(layers=2, hidden=32, heads=4), teacher, 2)
+    # factorized: V x E + E x H instead of V x H, and the blocks are unshared
+    assert param_counts(albert)["embeddings"] < param_counts(bert)["embeddings"]
+    assert param_counts(albert)["encoder"] == param_counts(bert)["encoder"]
+    e, h, v, pos = 16, 32, 90, 32
+    assert param_counts(albert)["embeddings"] == v * e + pos * e + 2 * e + 2 * e + (e * h + h)
+
+
+def test_teacher_layers_and_pretrained_init_copy_blocks(tmp_path):
+    teacher = _teacher(hidden=32, heads=4, layers=4)
+    assert spread_layers(4, 2) == [1, 3] and spread_layers(6, 3) == [1, 3, 5]
+    spec = StudentConfig(layers=2, hidden=32, heads=4, intermediate=64, init="teacher-layers", embeddings="copy")
+    student = build_student(spec, teacher, 2)
+    for dst, src in zip(student.bert.encoder.layer, (1, 3)):
+        for a, b in zip(dst.parameters(), teacher.bert.encoder.layer[src].parameters()):
+            assert torch.equal(a, b)
+    assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    chosen = build_student(spec.model_copy(update={"init_layers": [0, 2]}), teacher, 2)
+    assert torch.equal(chosen.bert.encoder.layer[1].output.dense.weight, teacher.bert.encoder.layer[2].output.dense.weight)
+
+    teacher.bert.save_pretrained(tmp_path / "small", safe_serialization=True)  # stands in for MiniLM
+    pre = StudentConfig(layers=2, hidden=32, heads=4, intermediate=64, init=f"pretrained:{tmp_path / 'small'}")
+    from_disk = build_student(pre, _teacher(hidden=32, heads=4, layers=4, seed=1), 2)
+    assert torch.equal(from_disk.bert.encoder.layer[0].attention.self.query.weight,
+                       AutoModel.from_pretrained(tmp_path / "small").encoder.layer[1].attention.self.query.weight)
+    with pytest.raises(XdrayError, match="hidden/intermediate"):
+        build_student(spec.model_copy(update={"hidden": 64, "heads": 4, "intermediate": 128}), teacher, 2)
+
+
+def test_student_config_rejects_impossible_combinations():
+    with pytest.raises(ValueError, match="embedding_size"):
+        StudentConfig(hidden=32, heads=4, embedding_size=64)
+    with pytest.raises(ValueError, match="init"):
+        StudentConfig(hidden=32, heads=4, init="magic")
+    with pytest.raises(ValueError, match="needs embedding_size == hidden"):
+        StudentConfig(hidden=32, heads=4, embedding_size=16, init="teacher-layers")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedule
+
+
+def _stages(*raw) -> list[dict]:
+    return [StageConfig(**s).model_dump() for s in raw]
+
+
+def test_gradual_unfreezing_is_top_down_and_deterministic():
+    stages = _stages({"name": "hidden", "data": "transfer", "loss": "hidden"},
+                     {"name": "logits", "data": "transfer", "loss": "logits_mse", "unfreeze": "gradual"})
+    phases = expand_stages(stages, num_layers=3)
+    assert [p.name for p in phases] == ["hidden", "logits/block.2", "logits/block.1", "logits/block.0",
+                                        "logits/embeddings"]
+    assert phases[0].trainable is None and phases[0].monitor == "dev_loss"
+    assert [p.trainable for p in phases[1:]] == [("block.2",), ("block.2", "block.1"),
+                                                 ("block.2", "block.1", "block.0"),
+                                                 ("block.2", "block.1", "block.0", "embeddings")]
+    assert phases[1].monitor == "dev_accuracy"
+    assert block_units(2, freeze_embeddings=True) == ["block.1", "block.0"]
+    assert expand_stages(stages, 3, freeze_embeddings=True)[0].trainable == ("block.2", "block.1", "block.0")
+    assert expand_stages(stages, 3) == phases
+
+
+def _tiny_learning_problem(seed=0):
+    """A teacher that separates two token sets, and batches it labels: enough signal to learn in seconds."""
+    teacher = _teacher(hidden=32, heads=4, layers=2)
+    g = torch.Generator().manual_seed(seed)
+
+    def batches(n, offset):
+        out = []
+        for b in range(n):
+            labels = torch.randint(0, 2, (16,), generator=g)
+            ids = torch.randint(4, 45, (16, 6), generator=g) + 45 * labels[:, None].clamp(max=1) * (
+                torch.rand(16, 6, generator=g) < 0.7)
+            ids = ids.clamp(max=89)
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+            out.append(batch)
+        return out
+
+    return teacher, batches(12, 0), batches(4, 1)
+
+
+def _data(teacher, train, dev, objective_for):
+    def attach(batches, phase):
+        objective = objective_for(phase)
+        return [b | teacher_targets(teacher, b, objective) for b in batches]
+
+    return Data(train=lambda phase, epoch: attach(train, phase), dev=lambda phase: attach(dev, phase))
+
+
+def test_freezing_really_freezes_and_unfreezes_top_down():
+    teacher, train, dev = _tiny_learning_problem()
+    student = build_student(StudentConfig(layers=2, hidden=16, heads=2, intermediate=32), teacher, 2)
+    module = DistillModule(student, 32, 3)
+    backend = TorchBackend(module, lr=1e-2)
+    assert [g["name"] for g in backend.optimizer.param_groups] == ["embeddings", "block.0", "block.1", "head"]
+    stages = _stages({"name": "logits", "data": "transfer", "loss": "logits_mse", "unfreeze": "gradual"})
+    phases = expand_stages(stages, 2)
+
+    def objective_for(phase):
+        return Objective(losses=phase.losses)
+
+    snapshots = []
+    data = _data(teacher, train[:2], dev, objective_for)
+    for phase in phases:
+        before = {n: p.detach().clone() for n, p in module.named_parameters()}
+        run_schedule(backend, [phase], objective_for, data, lr=1e-2)
+        changed = {n for n, p in module.named_parameters() if not torch.equal(before[n], p)}
+        snapshots.append(changed)
+    layer = "student.bert.encoder.layer"
+    assert any(n.startswith(f"{layer}.1.") for n in snapshots[0])
+    assert not any(n.startswith((f"{layer}.0.", "student.bert.embeddings")) for n in snapshots[0])
+    assert any(n.startswith(f"{layer}.0.") for n in snapshots[1])
+    assert not any(n.startswith("student.bert.embeddings") for n in snapshots[1])
+    assert any(n.startswith("student.bert.embeddings") for n in snapshots[2])
+    assert all(any(n.startswith("student.classifier") for n in s) for s in snapshots)
+
+
+def test_progressive_run_improves_dev_loss_and_restores_the_best_dev_epoch():
+    teacher, train, dev = _tiny_learning_problem()
+    student = build_student(StudentConfig(layers=2, hidden=16, heads=2, intermediate=32), teacher, 2)
+    module = DistillModule(student, 32, 3)
+    backend = TorchBackend(module, lr=5e-3)
+    stages = _stages(
+        {"name": "hidden", "data": "transfer", "loss": "hidden", "epochs": 3},
+        {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 2, "unfreeze": "gradual",
+         "monitor": "dev_loss"},
+        {"name": "labels", "data": "train", "loss": "ce", "epochs": 4, "patience": 1},
+    )
+    phases = expand_stages(stages, 2)
+
+    def objective_for(phase):
+        return Objective(losses=phase.losses, layer_map=tuple(L.layer_map(2, 2)))
+
+    data = _data(teacher, train, dev, objective_for)
+    from xdray.distill.schedule import evaluate
+
+    start = {p.name: evaluate(backend, objective_for(p), data.dev(p))["loss"] for p in (phases[0], phases[1])}
+    history = run_schedule(backend, phases, objective_for, data, lr=5e-3)
+    by_phase = {}
+    for record in history:
+        by_phase.setdefault(record["stage"], []).append(record)
+    # every phase ends on its best dev epoch (restored), and the representation and logit stages improved dev loss
+    for name, records in by_phase.items():
+        best = records[-1]["best_epoch"]
+        key = "dev_accuracy" if records[0]["monitor"] == "dev_accuracy" else "dev_loss"
+        values = [r[key] for r in records]
+        assert values[best] == (max(values) if key == "dev_accuracy" else min(values))
+    assert min(r["dev_loss"] for r in by_phase["hidden"]) < start["hidden"]
+    assert min(r["dev_loss"] for r in by_phase["logits/embeddings"]) < start["logits/block.1"]
+    phase = phases[-1]
+    assert evaluate(backend, objective_for(phase), data.dev(phase))["accuracy"] == pytest.approx(
+        by_phase["labels"][by_phase["labels"][-1]["best_epoch"]]["dev_accuracy"])
+    assert len(by_phase["labels"]) <= 4
+
+
+def test_param_groups_cover_every_parameter_once():
+    teacher = _teacher()
+    module = DistillModule(build_student(StudentConfig(layers=3, hidden=32, heads=4, embedding_size=16), teacher, 2),
+                           48, 4)
+    groups = param_groups(module)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(module.parameters()))
+    assert [g["name"] for g in groups] == ["embeddings", "block.0", "block.1", "block.2", "head"]
+    head = {id(p) for p in groups[-1]["params"]}
+    assert all(id(p) in head for p in module.projections.parameters())

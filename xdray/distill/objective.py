@@ -1,0 +1,129 @@
+"""What a stage optimises: the student's outputs against the teacher's targets, summed over the stage's losses.
+
+``DistillModule`` is what the optimizer (or DeepSpeed engine) trains: the student plus one projection per
+matched hidden state when the student is narrower than the teacher. ``Objective`` turns a forward pass and a
+batch (inputs, teacher targets, labels) into named loss components. ``teacher_targets`` computes the targets
+with a frozen teacher, for the ``online`` mode; offline they come from the labelled Parquet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from xdray.distill import losses as L
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class DistillModule(nn.Module):
+    """The student plus per-layer projections (dropout → linear into the teacher's width) when H_s ≠ H_t."""
+
+    def __init__(self, student: nn.Module, teacher_hidden: int | None, states: int, dropout: float = 0.1):
+        super().__init__()
+        self.student = student
+        width = student.config.hidden_size
+        self.projections = None
+        if teacher_hidden and teacher_hidden != width:
+            self.projections = nn.ModuleList(
+                nn.Sequential(nn.Dropout(dropout), nn.Linear(width, teacher_hidden)) for _ in range(states)
+            )
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, positions: str | None = None,
+                attentions: bool = False, tokens: bool = False) -> dict:
+        """Logits always; ``positions`` adds the projected states at those positions; ``tokens`` the raw
+        (B, T, H) states; ``attentions`` the attention maps."""
+        out = self.student(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            output_hidden_states=bool(positions or tokens), output_attentions=attentions,
+        )
+        result = {"logits": out.logits}
+        if positions:
+            states = [L.select_positions(h, attention_mask, positions) for h in out.hidden_states]
+            if self.projections is not None:
+                states = [p(s) for p, s in zip(self.projections, states)]
+            result["hidden"] = states
+        if tokens:
+            result["tokens"] = list(out.hidden_states)
+        if attentions:
+            result["attentions"] = list(out.attentions)
+        return result
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The losses of one stage and how representations are matched."""
+
+    losses: tuple[str, ...]
+    layer_map: tuple[int, ...] = ()
+    """Teacher hidden-state index for each student state (embedding output first)."""
+    positions: str = "cls"
+    hidden_kind: str = "mse"
+    attention: str = "mean_heads"
+    temperature: float = 1.0
+
+    @property
+    def teacher_hidden_layers(self) -> tuple[int, ...]:
+        return self.layer_map if "hidden" in self.losses else ()
+
+    @property
+    def relation(self) -> bool:
+        return "attention" in self.losses and self.attention == "relation"
+
+    @property
+    def attention_maps(self) -> bool:
+        return "attention" in self.losses and self.attention == "mean_heads"
+
+    def forward_kwargs(self) -> dict:
+        return {
+            "positions": self.positions if "hidden" in self.losses else None,
+            "attentions": self.attention_maps, "tokens": self.relation,
+        }
+
+    def __call__(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
+        """Named components and their sum, ``total``."""
+        parts = {}
+        for name in self.losses:
+            if name == "hidden":
+                teacher = [batch["teacher_hidden"][k] for k in self.layer_map]
+                parts[name] = L.hidden_loss(out["hidden"], teacher, self.hidden_kind)
+            elif name == "attention" and self.relation:
+                teacher = [batch["teacher_tokens"][k] for k in self.layer_map[1:]]
+                parts[name] = L.relation_kl(out["tokens"][1:], teacher, batch["attention_mask"])
+            elif name == "attention":
+                teacher = [batch["teacher_attentions"][k - 1] for k in self.layer_map[1:]]
+                parts[name] = L.attention_mse(out["attentions"], teacher, batch["attention_mask"])
+            elif name == "logits_mse":
+                parts[name] = L.logits_mse(out["logits"], batch["teacher_logits"])
+            elif name == "logits_kl":
+                parts[name] = L.logits_kl(out["logits"], batch["teacher_logits"], self.temperature)
+            elif name == "ce":
+                parts[name] = L.hard_label_ce(out["logits"], batch["labels"])
+            else:
+                raise ValueError(f"unknown loss {name!r}")
+        parts["total"] = torch.stack(list(parts.values())).sum()
+        return parts
+
+
+@torch.no_grad()
+def teacher_targets(teacher: nn.Module, batch: dict, objective: Objective) -> dict:
+    """The frozen teacher's outputs that ``objective`` needs, for the batch's inputs (online mode)."""
+    out = teacher(
+        **{k: batch[k] for k in INPUTS if k in batch},
+        output_hidden_states=bool(objective.teacher_hidden_layers) or objective.relation,
+        output_attentions=objective.attention_maps,
+    )
+    targets = {"teacher_logits": out.logits.float()}
+    mask = batch["attention_mask"]
+    if objective.teacher_hidden_layers:
+        targets["teacher_hidden"] = {
+            k: L.select_positions(out.hidden_states[k], mask, objective.positions).float()
+            for k in objective.teacher_hidden_layers
+        }
+    if objective.relation:
+        targets["teacher_tokens"] = {k: out.hidden_states[k].float() for k in objective.layer_map[1:]}
+    if objective.attention_maps:
+        targets["teacher_attentions"] = {k - 1: out.attentions[k - 1].float() for k in objective.layer_map[1:]}
+    return targets
