@@ -4,6 +4,7 @@ MLflow store. Then a rerun skips every completed step."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -28,20 +29,28 @@ def pipeline_run(tiny_task, ray_local, tmp_path_factory):
     return job, root / "out"
 
 
-def test_labels_have_one_row_per_unique_id(pipeline_run, tiny_task):
+def test_labels_have_one_row_per_unique_id_and_the_teachers_states(pipeline_run, tiny_task):
     _, out = pipeline_run
-    table = pq.read_table(out / "label" / "data")
+    data = out / "label" / "data"
+    table = pq.read_table(data / "transfer")
     ids = table.column("id").to_pylist()
     lines = {line.strip() for line in tiny_task["transfer"].read_text().splitlines() if line.strip()}
     assert len(ids) == len(set(ids)) == len(lines)
     assert table.schema.field("logits").type.value_type.bit_width == 32
-    manifest = json.loads((out / "label" / "data" / "_manifest.json").read_text())
+    manifest = json.loads((data / "_manifest.json").read_text())
     assert manifest["rows"] == len(ids) and manifest["teacher"] == str(out / "teacher" / "model")
+    # auto: the [CLS] states the top-aligned map needs for the 1-layer student and the searched 1/2 layers
+    assert manifest["hidden_layers"] == [0, 1, 2] and manifest["schema_version"] == 2
+    for k in manifest["hidden_layers"]:
+        field = table.schema.field(f"hidden_{k}")
+        assert str(field.type.value_type) == "halffloat" and len(table.column(f"hidden_{k}")[0]) == 32
+    dev = pq.read_table(data / "dev")
+    assert dev.num_rows == manifest["dev_rows"] == 60 and sorted(set(dev.column("label").to_pylist())) == [0, 1]
     summary = json.loads((out / "label" / "summary.json").read_text())
     assert summary["cleaning"]["empty"] == 2 and summary["cleaning"]["duplicates"] > 0
 
 
-def test_student_loads_with_auto_classes_and_was_trained_with_deepspeed(pipeline_run):
+def test_progressive_student_loads_with_auto_classes_and_improved_each_stage(pipeline_run):
     _, out = pipeline_run
     student_dir = out / "distill" / "student"
     assert (student_dir / "model.safetensors").is_file()
@@ -53,7 +62,15 @@ def test_student_loads_with_auto_classes_and_was_trained_with_deepspeed(pipeline
     assert logits.shape == (1, 2)
     summary = json.loads((out / "distill" / "summary.json").read_text())
     assert summary["workers"] == 2
-    assert [h["stage"] for h in summary["history"]] == ["logits"] * 5 + ["labels"]
+    assert summary["phases"] == ["hidden", "logits/block.0", "logits/embeddings", "labels"]
+    history = summary["history"]
+    assert [h["stage"] for h in history] == ["hidden"] * 2 + ["logits/block.0"] * 3 + ["logits/embeddings"] * 3 + [
+        "labels"]
+    assert [h["trained_units"] for h in history if h["stage"].startswith("logits/")][::3] == [
+        ["block.0", "head"], ["embeddings", "block.0", "head"]]
+    hidden = [h["dev_loss"] for h in history if h["stage"] == "hidden"]
+    logits = [h["dev_loss"] for h in history if h["stage"].startswith("logits/")]
+    assert hidden[-1] < hidden[0] and min(logits[3:]) < logits[0]  # dev loss falls within and across sub-stages
     # the tiny task is easy: a student that learned nothing would sit at 50%
     assert summary["test_accuracy"] > 0.7
     assert json.loads((out / "teacher" / "summary.json").read_text())["test_accuracy"] > 0.7
@@ -82,7 +99,8 @@ def test_mlflow_holds_parent_child_and_trial_runs(pipeline_run):
     assert len(trials) == 2
     assert all(t.data.tags["mlflow.parentRunId"] == by_name["search"].info.run_id for t in trials)
     assert 0 < by_name["distill"].data.metrics["test_accuracy"] <= 1
-    assert "dev/logits/accuracy" in by_name["distill"].data.metrics  # logged by Ray Train rank 0
+    metrics = by_name["distill"].data.metrics  # logged by Ray Train rank 0
+    assert {"dev/logits/block.0/accuracy", "dev/hidden/loss", "train/logits/block.0/logits_mse"} <= set(metrics)
     assert by_name["label"].data.metrics["rows"] > 0
     assert parent.data.metrics["speedup"] > 0
     for step in ("teacher", "label", "distill", "search"):
@@ -104,12 +122,33 @@ def test_rerun_skips_completed_steps(pipeline_run, capsys):
     assert summary["ran"] == [] and summary["skipped"] == ["teacher", "label", "distill", "search"]
 
 
-def test_a_single_command_redoes_its_step(pipeline_run):
-    """`xdray distill` asked for explicitly runs again, over the Ray Train run directory of the last one."""
+def test_online_teacher_attention_and_token_losses_with_a_factorized_student(pipeline_run):
+    """`xdray distill` asked for explicitly runs again: here with the frozen teacher inside the workers, attention
+    maps across different head counts (2 → 4), token-level hidden states and an ALBERT-style student."""
     job, out = pipeline_run
     before = json.loads((out / "distill" / "summary.json").read_text())
-    assert main(["distill", str(job), "--set", "distill.stages.0.epochs=1"]) == 0
+    stages = ("[{name: rep, data: transfer, loss: [hidden, attention], epochs: 2}, "
+              "{name: labels, data: train, loss: ce, epochs: 1}]")
+    assert main(["distill", str(job), "--set", f"distill.stages={stages}", "--set", "distill.teacher_mode=online",
+                 "--set", "distill.representation.positions=tokens",
+                 "--set", "distill.student={layers: 1, hidden: 16, heads: 4, embedding_size: 8}"]) == 0
     after = json.loads((out / "distill" / "summary.json").read_text())
     assert after["mlflow_run_id"] != before["mlflow_run_id"]
-    assert [h["stage"] for h in after["history"]] == ["logits", "labels"]
-    assert AutoModelForSequenceClassification.from_pretrained(out / "distill" / "student").num_labels == 2
+    assert [h["stage"] for h in after["history"]] == ["rep", "rep", "labels"]
+    rep = [h["dev_loss"] for h in after["history"] if h["stage"] == "rep"]
+    assert rep[1] < rep[0]
+    student = AutoModelForSequenceClassification.from_pretrained(out / "distill" / "student")
+    assert type(student).__name__ == "AlbertForSequenceClassification" and student.config.embedding_size == 8
+
+
+def test_labels_missing_the_needed_teacher_states_are_refused(pipeline_run, tmp_path, capsys):
+    job, out = pipeline_run
+    copy = tmp_path / "labels"
+    shutil.copytree(out / "label" / "data", copy)
+    manifest = json.loads((copy / "_manifest.json").read_text())
+    (copy / "_manifest.json").write_text(json.dumps({**manifest, "hidden_layers": []}))
+    before = (out / "distill" / "summary.json").read_bytes()
+    assert main(["distill", str(job), "--set", f"distill.labels={copy}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the hidden loss needs teacher layers [1, 2]" in err and "fix:" in err
+    assert (out / "distill" / "summary.json").read_bytes() == before  # earlier outputs intact

