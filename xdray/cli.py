@@ -17,7 +17,7 @@ COMMANDS = {
     "pipeline": "teacher → label → distill → search, skipping steps whose outputs are complete",
     "teacher": "fine-tune the teacher on the labeled train split (Ray Train + DeepSpeed)",
     "label": "label the transfer corpus with the teacher (Ray Data actor pool) into Parquet",
-    "distill": "distil the student from the labelled Parquet, then the labeled split (Ray Train + DeepSpeed)",
+    "distill": "distil the student with the configured schedule (default: the paper's progressive one) on Ray Train + DeepSpeed",
     "search": "search student architectures with Ray Tune, every trial on the same Parquet",
 }
 

@@ -174,14 +174,19 @@ def run_schedule(
     on_epoch: Callable[[dict], None] = lambda record: None,
     on_step: Callable[[Phase, int, dict], None] = lambda phase, step, parts: None,
 ) -> list[dict]:
-    """Train every phase; each keeps its best dev epoch (restored before the next phase). Returns one record per
-    epoch. Selection reads dev only: test data never reaches this function."""
+    """Train every phase; each keeps the best of its starting weights and its epochs by dev score (restored
+    before the next phase). Returns one record per epoch. Selection reads dev only: test data never reaches
+    this function."""
     history, step = [], 0
     for index, phase in enumerate(phases):
         trained = set_trainable(backend.optimizer, phase.trainable, lr)
         objective = objective_for(phase)
         stopper = EarlyStopping(phase.patience)
         tag, last = f"best-{index}", -1
+        # the weights the phase starts from are a candidate too: a phase never ends worse on dev than it began
+        # (the paper restores the best weights between stages)
+        stopper.update(_score(phase, evaluate(backend, objective, data.dev(phase))), -1)
+        backend.save(tag)
         for epoch in range(phase.epochs):
             backend.model.train()
             t0, seen, loss_sum, batches = time.perf_counter(), 0, 0.0, 0
@@ -194,7 +199,7 @@ def run_schedule(
             elapsed = time.perf_counter() - t0
             dev = evaluate(backend, objective, data.dev(phase))
             last = epoch
-            if stopper.update(_score(phase, dev), epoch) and phase.epochs > 1:
+            if stopper.update(_score(phase, dev), epoch) and epoch < phase.epochs - 1:
                 backend.save(tag)
             record = {
                 "stage": phase.name, "epoch": epoch, "step": step, "loss": loss_sum / max(batches, 1),
@@ -207,7 +212,7 @@ def run_schedule(
                 break
         if stopper.best_epoch != last:
             backend.restore(tag)
-        history[-1]["best_epoch"] = stopper.best_epoch
+        history[-1]["best_epoch"] = stopper.best_epoch  # -1: no epoch beat the starting weights, which were kept
     return history
 
 
