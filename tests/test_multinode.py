@@ -44,7 +44,8 @@ def test_label_and_distill_use_both_nodes(two_nodes, tiny_task, tmp_path):
         assert main([step, str(job)]) == 0
 
     actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(TeacherPredictor))")], limit=100)
-    assert {a.node_id for a in actors} == nodes
+    # actors the pool asked for but never placed have no node; every placed one must cover both nodes
+    assert {a.node_id for a in actors if a.node_id} == nodes
     summary = json.loads((tmp_path / "out" / "distill" / "summary.json").read_text())
     assert set(summary["worker_nodes"]) == nodes
     assert summary["test_accuracy"] > 0.7

@@ -38,7 +38,7 @@ ROWS_PER_BLOCK = 256
 class TeacherPredictor:
     """A Ray Data actor: loads the teacher once, then labels batches."""
 
-    def __init__(self, teacher_dir: str, max_length: int, threads: int, hidden_layers: list[int]):
+    def __init__(self, teacher_dir: str, max_length: int, threads: int, hidden_layers: list[int] = ()):
         from xdray.models.teacher import load_classifier
 
         torch.set_num_threads(max(1, threads))
