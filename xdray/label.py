@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,9 @@ import torch
 from transformers import AutoConfig
 
 from xdray.config import XdrayConfig
-from xdray.data.tables import read_transfer, split_pair, stable_id
+from xdray.data.tables import load_splits, read_transfer, split_pair, stable_id
+from xdray.distill.batches import model_inputs
+from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
 from xdray.runtime import replace_dir, staging_dir, write_summary
 from xdray.tracking import Tracker
@@ -53,7 +56,7 @@ class TeacherPredictor:
         pairs = batch.column("text_pair").to_pylist() if "text_pair" in batch.column_names else None
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=True,
                              return_tensors="pt")
-        inputs = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        inputs = {k: v.to(self.device) for k, v in model_inputs(enc).items()}
         out = self.model(**inputs, output_hidden_states=bool(self.hidden_layers))
         lengths = enc["attention_mask"].sum(dim=1).tolist()
         columns = {name: batch.column(name) for name in ("id", "label") if name in batch.column_names}
@@ -72,11 +75,38 @@ def _ragged(padded: torch.Tensor, lengths: list[int], kind: pa.DataType) -> pa.A
     return pa.array([row[:n].tolist() for row, n in zip(rows, lengths)], type=pa.list_(kind))
 
 
+def check_labels(cfg: XdrayConfig, student_layers: list[int]) -> None:
+    """Refuse labelled data that does not fit this distillation, before any worker starts."""
+    path = cfg.labels_dir / "_manifest.json"
+    manifest = json.loads(path.read_text())
+    relabel = "fix: relabel with `xdray label`"
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise XdrayError(f"distill.labels: {path} has schema {manifest.get('schema_version')}, this xdray reads "
+                         f"{SCHEMA_VERSION}; {relabel}")
+    if Path(manifest["teacher"]) != cfg.teacher_dir:
+        raise XdrayError(
+            f"distill.labels: {cfg.labels_dir} was labelled by {manifest['teacher']}, not {cfg.teacher_dir}; "
+            f"{relabel} or point label.teacher at that teacher"
+        )
+    if cfg.distill.teacher_mode == "offline" and cfg.distill.uses_hidden:
+        need = hidden_layers_needed(cfg, manifest["teacher_layers"], student_layers)
+        if not set(need) <= set(manifest["hidden_layers"]):
+            raise XdrayError(
+                f"distill.labels: the hidden loss needs teacher layers {need}, the labels store "
+                f"{manifest['hidden_layers']}; {relabel} (label.hidden_states: auto or all) or set "
+                "distill.teacher_mode: online"
+            )
+
+
+def hidden_layers_needed(cfg: XdrayConfig, teacher_layers: int, student_layers: list[int]) -> list[int]:
+    """Teacher hidden-state indices that the layer map pairs with students of these depths."""
+    mode = cfg.distill.representation.layer_map
+    return sorted({k for n in student_layers if n <= teacher_layers for k in layer_map(n, teacher_layers, mode)})
+
+
 def hidden_layers_to_store(cfg: XdrayConfig, teacher_layers: int) -> list[int]:
     """``auto``: what the layer map pairs with the distill student and every searched depth (if a stage uses
     the hidden loss offline); ``all``: every layer; ``none``."""
-    from xdray.steps import hidden_layers_needed
-
     mode = cfg.label.hidden_states
     if mode == "all":
         return list(range(teacher_layers + 1))
@@ -85,27 +115,35 @@ def hidden_layers_to_store(cfg: XdrayConfig, teacher_layers: int) -> list[int]:
     return hidden_layers_needed(cfg, teacher_layers, [cfg.distill.student.layers, *cfg.search.layers])
 
 
-def _blocks(ids: list[str], lines: list[str], pairs: bool, labels: list[int] | None = None) -> list[pa.Table]:
+def _blocks(ids: list[str], texts: list[str], pairs: list[str] | None, labels: list[int] | None = None
+            ) -> list[pa.Table]:
     """Rows sorted by length, so each batch holds similar lengths and padding wastes little teacher compute."""
-    order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
-    columns = {"id": [ids[i] for i in order]}
-    if pairs:
-        split = [split_pair(lines[i]) for i in order]
-        columns |= {"text": [a for a, _ in split], "text_pair": [b for _, b in split]}
-    else:
-        columns["text"] = [lines[i] for i in order]
+    def length(i: int) -> int:
+        return len(texts[i]) + (len(pairs[i]) if pairs is not None else 0)
+
+    order = sorted(range(len(texts)), key=length)
+    columns = {"id": [ids[i] for i in order], "text": [texts[i] for i in order]}
+    if pairs is not None:
+        columns["text_pair"] = [pairs[i] for i in order]
     if labels is not None:
         columns["label"] = pa.array([labels[i] for i in order], type=pa.int64())
     table = pa.table(columns)
     return [table.slice(lo, ROWS_PER_BLOCK) for lo in range(0, len(table), ROWS_PER_BLOCK)]
 
 
-def _dev_rows(cfg: XdrayConfig) -> tuple[list[str], list[str], list[int]]:
-    from xdray.steps import load_splits
+def _transfer_blocks(ids: list[str], lines: list[str], pairs: bool) -> list[pa.Table]:
+    if not pairs:
+        return _blocks(ids, lines, None)
+    split = [split_pair(line) for line in lines]
+    return _blocks(ids, [a for a, _ in split], [b for _, b in split])
 
+
+def _dev_blocks(cfg: XdrayConfig) -> list[pa.Table]:
+    """The dev split, with ids from its position and content (dev may repeat a sentence with another label)."""
     _, dev, _ = load_splits(cfg)
-    lines = [f"{t}\t{p}" for t, p in zip(dev.texts, dev.pairs)] if dev.pairs is not None else list(dev.texts)
-    return [stable_id("dev", f"{i}\t{line}") for i, line in enumerate(lines)], lines, dev.labels
+    lines = [f"{t}\t{p}" for t, p in zip(dev.texts, dev.pairs)] if dev.pairs is not None else dev.texts
+    ids = [stable_id("dev", f"{i}\t{line}") for i, line in enumerate(lines)]
+    return _blocks(ids, dev.texts, dev.pairs, dev.labels)
 
 
 def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
@@ -113,7 +151,8 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
     ids, lines, counts = read_transfer(cfg.data.transfer, cfg.data.max_transfer_rows, cfg.seed)
     if not ids:
         raise XdrayError("data.transfer: the transfer corpora hold no non-empty lines; fix: point it at text files")
-    dev_ids, dev_lines, dev_labels = _dev_rows(cfg)
+    dev = _dev_blocks(cfg)
+    dev_rows = sum(b.num_rows for b in dev)
     teacher_layers = AutoConfig.from_pretrained(cfg.teacher_dir).num_hidden_layers
     hidden = hidden_layers_to_store(cfg, teacher_layers)
     lc = cfg.label
@@ -132,12 +171,11 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
             num_gpus=lc.gpus_per_actor or None, batch_size=lc.batch_size, batch_format="pyarrow",
         )
         written = {}
-        for part, blocks in (("transfer", _blocks(ids, lines, cfg.data.pairs)),
-                             ("dev", _blocks(dev_ids, dev_lines, cfg.data.pairs, dev_labels))):
+        for part, blocks in (("transfer", _transfer_blocks(ids, lines, cfg.data.pairs)), ("dev", dev)):
             ray.data.from_arrow(blocks).map_batches(TeacherPredictor, **predictor).write_parquet(str(tmp / part))
             written[part] = pq.read_table(tmp / part, columns=["id", "input_ids"])
         seconds = time.perf_counter() - t0
-        for part, expected in (("transfer", len(ids)), ("dev", len(dev_ids))):
+        for part, expected in (("transfer", len(ids)), ("dev", dev_rows)):
             table = written[part]
             unique = len(set(table.column("id").to_pylist()))
             if table.num_rows != expected or unique != expected:
@@ -145,7 +183,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
                                  "inputs; rerun the step")
         manifest = {
             "schema_version": SCHEMA_VERSION, "teacher": str(cfg.teacher_dir), "max_length": cfg.data.max_length,
-            "rows": len(ids), "dev_rows": len(dev_ids), "teacher_layers": teacher_layers, "hidden_layers": hidden,
+            "rows": len(ids), "dev_rows": dev_rows, "teacher_layers": teacher_layers, "hidden_layers": hidden,
             "pairs": cfg.data.pairs,
             "columns": {"id": "string", "input_ids": "list<int32>", "logits": "list<float32>",
                         **({"token_type_ids": "list<int8>"} if cfg.data.pairs else {}),
@@ -156,9 +194,9 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
 
         tokens = sum(int(np.sum(pa.compute.list_value_length(t.column("input_ids")).to_numpy()))
                      for t in written.values())
-        total = len(ids) + len(dev_ids)
+        total = len(ids) + dev_rows
         summary = {
-            "rows": len(ids), "dev_rows": len(dev_ids), "unique_ids": len(ids), "cleaning": counts,
+            "rows": len(ids), "dev_rows": dev_rows, "unique_ids": len(ids), "cleaning": counts,
             "hidden_layers": hidden, "seconds": round(seconds, 2), "rows_per_s": round(total / seconds, 1),
             "tokens_per_s": round(tokens / seconds, 1), "actors": lc.actors, "data": str(data_dir),
             "mlflow_run_id": run_id,

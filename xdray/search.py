@@ -15,7 +15,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from xdray.config import StudentConfig, XdrayConfig
 from xdray.runtime import replace_dir, staging_dir, write_summary
-from xdray.steps import load_splits, make_spec, student_data
+from xdray.data.tables import load_splits
+from xdray.steps import make_spec, student_data
 from xdray.tracking import Tracker
 from xdray.train import export_student, fit
 

@@ -6,7 +6,6 @@ fine-tuned encoder or a student) and which stages they run. Test accuracy is mea
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -17,35 +16,14 @@ import ray
 from transformers import AutoConfig
 
 from xdray.config import StageConfig, StudentConfig, TrainerConfig, XdrayConfig
-from xdray.data.tables import LabeledSplit, read_labeled
-from xdray.distill.losses import layer_map
+from xdray.data.tables import LabeledSplit, load_splits
 from xdray.errors import XdrayError
 from xdray.evaluate import test_accuracy
-from xdray.label import SCHEMA_VERSION
+from xdray.label import check_labels
 from xdray.models.student import check_student
 from xdray.runtime import write_summary
 from xdray.tracking import Tracker, tracking_uri
 from xdray.train import TrainSpec, export_student, fit
-
-
-def load_splits(cfg: XdrayConfig) -> tuple[LabeledSplit, LabeledSplit, LabeledSplit]:
-    splits = []
-    for name in ("train", "dev", "test"):
-        split = read_labeled(getattr(cfg.data, name))
-        if cfg.data.pairs and split.pairs is None:
-            raise XdrayError(f"data.{name}: data.pairs is true but the file has no text_pair column; "
-                             "fix: add the column or set data.pairs: false")
-        splits.append(split if cfg.data.pairs else LabeledSplit(split.texts, split.labels))
-    train, dev, test = splits
-    train = train.subsample(cfg.data.max_train_rows, cfg.seed)
-    num_labels = max(train.labels) + 1
-    for name, split in (("dev", dev), ("test", test)):
-        bad = sorted({y for y in split.labels if not 0 <= y < num_labels})
-        if bad:
-            raise XdrayError(
-                f"data.{name}: labels {bad} do not occur in train (0..{num_labels - 1}); fix: use the same classes"
-            )
-    return train, dev, test
 
 
 def make_spec(
@@ -76,42 +54,11 @@ def student_data(cfg: XdrayConfig, train: LabeledSplit, dev: LabeledSplit, stage
     if "train" in sources:
         datasets["train"] = ray.data.from_items(train.rows())
     if "transfer" in sources:
-        check_labels(cfg, stages, student_layers)
+        check_labels(cfg, student_layers)
         datasets["transfer"] = ray.data.read_parquet(str(cfg.labels_dir / "transfer"), file_extensions=["parquet"])
         if cfg.distill.teacher_mode == "offline":
             dev_table = pq.read_table(cfg.labels_dir / "dev")
     return datasets, dev_table
-
-
-def check_labels(cfg: XdrayConfig, stages: list[dict], student_layers: list[int]) -> dict:
-    """Refuse labelled data that does not fit this distillation, before any worker starts."""
-    path = cfg.labels_dir / "_manifest.json"
-    manifest = json.loads(path.read_text())
-    relabel = "fix: relabel with `xdray label`"
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise XdrayError(f"distill.labels: {path} has schema {manifest.get('schema_version')}, this xdray reads "
-                         f"{SCHEMA_VERSION}; {relabel}")
-    if Path(manifest["teacher"]) != cfg.teacher_dir:
-        raise XdrayError(
-            f"distill.labels: {cfg.labels_dir} was labelled by {manifest['teacher']}, not {cfg.teacher_dir}; "
-            f"{relabel} or point label.teacher at that teacher"
-        )
-    if cfg.distill.teacher_mode == "offline" and any("hidden" in s["loss"] for s in stages):
-        need = sorted(set(hidden_layers_needed(cfg, manifest["teacher_layers"], student_layers)))
-        missing = sorted(set(need) - set(manifest["hidden_layers"]))
-        if missing:
-            raise XdrayError(
-                f"distill.labels: the hidden loss needs teacher layers {need}, the labels store "
-                f"{manifest['hidden_layers']}; {relabel} (label.hidden_states: auto or all) or set "
-                "distill.teacher_mode: online"
-            )
-    return manifest
-
-
-def hidden_layers_needed(cfg: XdrayConfig, teacher_layers: int, student_layers: list[int]) -> list[int]:
-    """Teacher hidden-state indices that the layer map pairs with students of these depths."""
-    mode = cfg.distill.representation.layer_map
-    return sorted({k for n in student_layers if n <= teacher_layers for k in layer_map(n, teacher_layers, mode)})
 
 
 def _check_student(cfg: XdrayConfig, student: StudentConfig) -> None:
@@ -170,7 +117,7 @@ def _finish(
         "workers": trained["world_size"],
         "worker_nodes": trained["worker_nodes"],
         "seconds": round(seconds, 1),
-        "phases": trained.get("phases", []),
+        "phases": trained["phases"],
         "history": trained["history"],
         "model_dir": str(model_dir),
         "mlflow_run_id": run_id,

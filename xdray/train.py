@@ -2,10 +2,10 @@
 trials), and the ``TorchTrainer`` assembly around it.
 
 Each worker builds its model, hands it to a real DeepSpeed engine (ZeRO stage from the config) and runs the
-progressive schedule (``distill.schedule.run_schedule``) on it. Data arrives through
-``ray.train.get_dataset_shard``; dev is one unsplit dataset that every rank scores a share of. Each phase's best
-dev epoch is kept as a DeepSpeed checkpoint (saved and restored by all ranks), so selection uses dev only:
-workers never see the test split.
+progressive schedule (``distill.schedule.run_schedule``) on it. Training data arrives through
+``ray.train.get_dataset_shard``; dev is one table in the object store that every rank scores a share of. Each
+phase's best weights are kept as a DeepSpeed checkpoint (saved and restored by all ranks), so selection uses dev
+only: workers never see the test split.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import torch.distributed as dist
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from xdray.config import StudentConfig, TrainerConfig
+from xdray.config import RepresentationConfig, StudentConfig, TrainerConfig
 from xdray.distill.batches import collate, table_batches
 from xdray.distill.losses import layer_map
 from xdray.distill.objective import DistillModule, Objective, teacher_targets
-from xdray.distill.schedule import HEAD, Data, Phase, evaluate, expand_stages, param_groups, run_schedule
+from xdray.distill.schedule import Data, Phase, evaluate, expand_stages, param_groups, run_schedule
 from xdray.models.student import build_student, encoder_blocks, param_counts
 from xdray.models.teacher import load_classifier
 from xdray.runtime import replace_dir, staging_dir
@@ -54,8 +54,7 @@ class TrainSpec:
     dev: Any  # ObjectRef of a pyarrow table: text + label rows, or the labelled dev split with teacher targets
     seed: int = 0
     student: dict | None = None
-    representation: dict = field(default_factory=lambda: {"layer_map": "top", "positions": "cls",
-                                                           "hidden_loss": "mse", "attention": "mean_heads"})
+    representation: dict = field(default_factory=lambda: RepresentationConfig().model_dump())
     teacher_mode: str = "offline"
     tracking_uri: str | None = None
     run_id: str | None = None
@@ -84,7 +83,6 @@ class Built:
     tokenizer: object
     teacher: torch.nn.Module | None  # kept only for the online mode
     layer_map: tuple[int, ...]
-    groups: list[dict]
 
 
 def _uses(spec: TrainSpec, loss: str) -> bool:
@@ -94,8 +92,7 @@ def _uses(spec: TrainSpec, loss: str) -> bool:
 def _build(spec: TrainSpec) -> Built:
     if spec.role == "teacher":
         model, tokenizer = load_classifier(spec.init, spec.num_labels, spec.trust_remote_code)
-        module = DistillModule(model, None, 0)
-        return Built(module, tokenizer, None, (), [{"name": HEAD, "params": list(module.parameters())}])
+        return Built(DistillModule(model, None, 0), tokenizer, None, ())
     teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code)
     student_cfg = StudentConfig(**spec.student)
     student = build_student(student_cfg, teacher, spec.num_labels, spec.seed)
@@ -110,7 +107,7 @@ def _build(spec: TrainSpec) -> Built:
     keep = spec.teacher_mode == "online" and any(s["data"] == "transfer" for s in spec.stages)
     if keep:
         teacher.eval().requires_grad_(False)
-    return Built(module, tokenizer, teacher if keep else None, mapping, param_groups(module))
+    return Built(module, tokenizer, teacher if keep else None, mapping)
 
 
 class DeepSpeedBackend:
@@ -149,7 +146,7 @@ def worker_loop(config: dict) -> None:
     built = _build(spec)
     counts = param_counts(built.module.student)
     engine, *_ = deepspeed.initialize(
-        model=built.module, model_parameters=built.groups, config=deepspeed_config(spec, world)
+        model=built.module, model_parameters=param_groups(built.module), config=deepspeed_config(spec, world)
     )
     if built.teacher is not None:
         built.teacher.to(engine.device)

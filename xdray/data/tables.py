@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from xdray.config import XdrayConfig
 from xdray.errors import XdrayError
 
 
@@ -61,6 +62,26 @@ def read_labeled(path: Path) -> LabeledSplit:
     if not texts:
         raise XdrayError(f"{path}: no rows; fix: point the config at a non-empty split")
     return LabeledSplit(texts, labels, pairs if "text_pair" in reader.fieldnames else None)
+
+
+def load_splits(cfg: XdrayConfig) -> tuple[LabeledSplit, LabeledSplit, LabeledSplit]:
+    splits = []
+    for name in ("train", "dev", "test"):
+        split = read_labeled(getattr(cfg.data, name))
+        if cfg.data.pairs and split.pairs is None:
+            raise XdrayError(f"data.{name}: data.pairs is true but the file has no text_pair column; "
+                             "fix: add the column or set data.pairs: false")
+        splits.append(split if cfg.data.pairs else LabeledSplit(split.texts, split.labels))
+    train, dev, test = splits
+    train = train.subsample(cfg.data.max_train_rows, cfg.seed)
+    num_labels = max(train.labels) + 1
+    for name, split in (("dev", dev), ("test", test)):
+        bad = sorted({y for y in split.labels if not 0 <= y < num_labels})
+        if bad:
+            raise XdrayError(
+                f"data.{name}: labels {bad} do not occur in train (0..{num_labels - 1}); fix: use the same classes"
+            )
+    return train, dev, test
 
 
 def write_labeled(path: Path, split: LabeledSplit) -> None:

@@ -10,6 +10,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch) -> dict:
+    """The model's keyword inputs out of a batch (or a tokenizer encoding) that also carries targets."""
+    return {k: batch[k] for k in INPUTS if k in batch}
+
+
 def collate(
     raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int, device: torch.device | str
 ) -> dict:
@@ -28,7 +36,7 @@ def collate(
         pairs = [str(t) for t in raw["text_pair"]] if "text_pair" in raw else None
         enc = tokenizer([str(t) for t in raw["text"]], pairs, truncation=True, max_length=max_length,
                         padding=True, return_tensors="pt")
-        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        batch = model_inputs(enc)
     if "logits" in raw:
         batch["teacher_logits"] = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in raw["logits"]]))
     hidden = {int(k.removeprefix("hidden_")): k for k in raw if k.startswith("hidden_")}

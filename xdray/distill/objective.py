@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from xdray.distill import losses as L
-
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from xdray.distill.batches import model_inputs
 
 
 class DistillModule(nn.Module):
@@ -111,7 +110,7 @@ class Objective:
 def teacher_targets(teacher: nn.Module, batch: dict, objective: Objective) -> dict:
     """The frozen teacher's outputs that ``objective`` needs, for the batch's inputs (online mode)."""
     out = teacher(
-        **{k: batch[k] for k in INPUTS if k in batch},
+        **model_inputs(batch),
         output_hidden_states=bool(objective.teacher_hidden_layers) or objective.relation,
         output_attentions=objective.attention_maps,
     )

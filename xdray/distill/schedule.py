@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from xdray.distill.batches import model_inputs
 from xdray.models.student import embedding_modules, encoder_blocks
 
 HEAD = "head"
@@ -50,9 +51,9 @@ def expand_stages(stages: Iterable[dict], num_layers: int, freeze_embeddings: bo
     unit top-down (``logits/block.2``, ``logits/block.1``, ..., ``logits/embeddings``): deterministic order."""
     phases = []
     for s in stages:
-        base = dict(data=s["data"], losses=tuple(s["loss"]), epochs=s["epochs"], patience=s.get("patience"),
-                    monitor=s["monitor"], temperature=s.get("temperature", 1.0))
-        if s.get("unfreeze", "all") == "all":
+        base = dict(data=s["data"], losses=tuple(s["loss"]), epochs=s["epochs"], patience=s["patience"],
+                    monitor=s["monitor"], temperature=s["temperature"])
+        if s["unfreeze"] == "all":
             every = None if not freeze_embeddings else tuple(block_units(num_layers, True))
             phases.append(Phase(name=s["name"], trainable=every, **base))
             continue
@@ -191,7 +192,7 @@ def run_schedule(
             backend.model.train()
             t0, seen, loss_sum, batches = time.perf_counter(), 0, 0.0, 0
             for batch in data.train(phase, epoch):
-                parts = objective(backend.model(**_inputs(batch), **objective.forward_kwargs()), batch)
+                parts = objective(backend.model(**model_inputs(batch), **objective.forward_kwargs()), batch)
                 backend.step(parts["total"])
                 step, batches, seen = step + 1, batches + 1, seen + len(batch["input_ids"])
                 loss_sum += parts["total"].item()
@@ -222,7 +223,7 @@ def evaluate(backend: Backend, objective: Callable, batches: Iterable[dict]) -> 
     backend.model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, rows, correct, labelled rows
     for batch in batches:
-        out = backend.model(**_inputs(batch), **objective.forward_kwargs())
+        out = backend.model(**model_inputs(batch), **objective.forward_kwargs())
         n = len(batch["input_ids"])
         if "labels" in batch:
             totals[2] += float((out["logits"].argmax(-1) == batch["labels"]).sum())
@@ -235,7 +236,3 @@ def evaluate(backend: Backend, objective: Callable, batches: Iterable[dict]) -> 
         "loss": float(totals[0] / totals[1]) if totals[1] else float("nan"),
         "accuracy": float(totals[2] / totals[3]) if totals[3] else float("nan"),
     }
-
-
-def _inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
