@@ -40,7 +40,7 @@ def test_labels_have_one_row_per_unique_id_and_the_teachers_states(pipeline_run,
     manifest = json.loads((data / "_manifest.json").read_text())
     assert manifest["rows"] == len(ids) and manifest["teacher"] == str(out / "teacher" / "model")
     # auto: the [CLS] states the top-aligned map needs for the 1-layer student and the searched 1/2 layers
-    assert manifest["hidden_layers"] == [0, 1, 2] and manifest["schema_version"] == 2
+    assert manifest["hidden_layers"] == [0, 1, 2] and manifest["schema_version"] == 3
     for k in manifest["hidden_layers"]:
         field = table.schema.field(f"hidden_{k}")
         assert str(field.type.value_type) == "halffloat" and len(table.column(f"hidden_{k}")[0]) == 32

@@ -1,78 +1,53 @@
-"""`xdray label`: Ray Data streams the transfer corpus (and the dev split) through a pool of teacher actors and
-writes Parquet, once; every distillation stage and search trial reads it.
+"""`xdray label`: the teacher labels the transfer corpus (and the dev split) once, into Parquet that every
+distillation stage and search trial reads.
 
-Output (``<output_dir>/label/data``, schema version 2):
+How it runs: the driver streams the sources through cleaning into fixed-size chunk files (``label/work``);
+Ray Data hands the chunks to a pool of teacher actors (``ChunkLabeler``), and each actor writes one Parquet
+shard per chunk, atomically. A rerun after a crash or Ctrl-C labels only the chunks without a shard (Ray
+Data's own checkpointing is not used: it hangs on small clusters). When every shard exists the directory is
+swapped into place with its manifest, so a partial dataset never looks complete, and a rerun of a complete
+run does nothing.
+
+Output (``<output_dir>/label/data``, schema version 3):
 - ``transfer/*.parquet``: ``id`` (string, content-derived), ``input_ids`` (list<int32>, the teacher tokenizer's
-  ids without padding), ``token_type_ids`` (list<int8>, sentence pairs only), ``logits`` (list<float32>) and
-  ``hidden_<k>`` (list<float16>: the teacher's [CLS] state after layer k, 0 = embeddings) for the layers the
-  hidden-state loss maps to;
+  ids without padding), ``token_type_ids`` (list<int8>, sentence pairs only), ``logits`` (list<float32>, or
+  float16 with ``label.logits_dtype``) and ``hidden_<k>`` (list<float16>: the teacher's [CLS] state after
+  layer k, 0 = embeddings) for the layers the hidden-state loss maps to;
 - ``dev/*.parquet``: the same for the dev split plus its ``label``, so stages on teacher targets early-stop on
   a dev loss without running the teacher;
-- ``_manifest.json``: teacher, max length, row counts, stored hidden layers, schema version.
-Rows are written to a temporary directory that is renamed into place only when complete, so a crash never
-leaves a partial dataset that looks whole.
+- ``_manifest.json``: teacher (path and content hash), tokenizer (hash), max length, row counts, stored hidden
+  layers, cleaning counts, the schema version and the fingerprint of everything that determines the rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import resource
+import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-import torch
 from transformers import AutoConfig
 
 from xdray.config import XdrayConfig
-from xdray.data.tables import load_splits, read_transfer, split_pair, stable_id
-from xdray.distill.batches import model_inputs
+from xdray.data.corpus import chunk_name, clean_rows, stable_id, write_chunks
+from xdray.data.tables import load_splits
 from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
-from xdray.runtime import replace_dir, staging_dir, write_summary
+from xdray.models.teacher import ChunkLabeler
+from xdray.runtime import read_summary, replace_dir, write_summary
 from xdray.tracking import Tracker
 
-SCHEMA_VERSION = 2
-ROWS_PER_BLOCK = 256
-
-
-class TeacherPredictor:
-    """A Ray Data actor: loads the teacher once, then labels batches."""
-
-    def __init__(self, teacher_dir: str, max_length: int, threads: int, hidden_layers: list[int] = ()):
-        from xdray.models.teacher import load_classifier
-
-        torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when Ray gave one
-        self.model, self.tokenizer = load_classifier(teacher_dir)
-        self.model.to(self.device).eval()
-        self.max_length, self.hidden_layers = max_length, hidden_layers
-
-    @torch.inference_mode()
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = batch.column("text").to_pylist()
-        pairs = batch.column("text_pair").to_pylist() if "text_pair" in batch.column_names else None
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=True,
-                             return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in model_inputs(enc).items()}
-        out = self.model(**inputs, output_hidden_states=bool(self.hidden_layers))
-        lengths = enc["attention_mask"].sum(dim=1).tolist()
-        columns = {name: batch.column(name) for name in ("id", "label") if name in batch.column_names}
-        columns["input_ids"] = _ragged(enc["input_ids"], lengths, pa.int32())
-        if pairs is not None:
-            columns["token_type_ids"] = _ragged(enc["token_type_ids"], lengths, pa.int8())
-        columns["logits"] = pa.array(out.logits.float().cpu().numpy().tolist(), type=pa.list_(pa.float32()))
-        for k in self.hidden_layers:
-            cls = out.hidden_states[k][:, 0].half().cpu().numpy()
-            columns[f"hidden_{k}"] = pa.array(list(cls), type=pa.list_(pa.float16()))
-        return pa.table(columns)
-
-
-def _ragged(padded: torch.Tensor, lengths: list[int], kind: pa.DataType) -> pa.Array:
-    rows = padded.numpy()
-    return pa.array([row[:n].tolist() for row, n in zip(rows, lengths)], type=pa.list_(kind))
+SCHEMA_VERSION = 3
+PARTS = ("transfer", "dev")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
 def check_labels(cfg: XdrayConfig, student_layers: list[int]) -> None:
@@ -83,11 +58,16 @@ def check_labels(cfg: XdrayConfig, student_layers: list[int]) -> None:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise XdrayError(f"distill.labels: {path} has schema {manifest.get('schema_version')}, this xdray reads "
                          f"{SCHEMA_VERSION}; {relabel}")
-    if Path(manifest["teacher"]) != cfg.teacher_dir:
-        raise XdrayError(
-            f"distill.labels: {cfg.labels_dir} was labelled by {manifest['teacher']}, not {cfg.teacher_dir}; "
-            f"{relabel} or point label.teacher at that teacher"
-        )
+    hashes = teacher_hashes(cfg.teacher_dir)
+    for key, what in (("teacher_sha256", "weights"), ("tokenizer_sha256", "tokenizer")):
+        if manifest.get(key) != hashes[key]:
+            raise XdrayError(
+                f"distill.labels: {cfg.labels_dir} was labelled by a teacher ({manifest['teacher']}) whose {what} "
+                f"differ from {cfg.teacher_dir}; {relabel} or point label.teacher at the teacher that labelled it"
+            )
+    if manifest.get("pairs") != cfg.data.pairs:
+        raise XdrayError(f"distill.labels: labelled with data.pairs={manifest.get('pairs')}, the config has "
+                         f"{cfg.data.pairs}; {relabel} or fix data.pairs")
     if cfg.distill.teacher_mode == "offline" and cfg.distill.uses_hidden:
         need = hidden_layers_needed(cfg, manifest["teacher_layers"], student_layers)
         if not set(need) <= set(manifest["hidden_layers"]):
@@ -115,93 +95,178 @@ def hidden_layers_to_store(cfg: XdrayConfig, teacher_layers: int) -> list[int]:
     return hidden_layers_needed(cfg, teacher_layers, [cfg.distill.student.layers, *cfg.search.layers])
 
 
-def _blocks(ids: list[str], texts: list[str], pairs: list[str] | None, labels: list[int] | None = None
-            ) -> list[pa.Table]:
-    """Rows sorted by length, so each batch holds similar lengths and padding wastes little teacher compute."""
-    def length(i: int) -> int:
-        return len(texts[i]) + (len(pairs[i]) if pairs is not None else 0)
-
-    order = sorted(range(len(texts)), key=length)
-    columns = {"id": [ids[i] for i in order], "text": [texts[i] for i in order]}
-    if pairs is not None:
-        columns["text_pair"] = [pairs[i] for i in order]
-    if labels is not None:
-        columns["label"] = pa.array([labels[i] for i in order], type=pa.int64())
-    table = pa.table(columns)
-    return [table.slice(lo, ROWS_PER_BLOCK) for lo in range(0, len(table), ROWS_PER_BLOCK)]
+def file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
 
 
-def _transfer_blocks(ids: list[str], lines: list[str], pairs: bool) -> list[pa.Table]:
-    if not pairs:
-        return _blocks(ids, lines, None)
-    split = [split_pair(line) for line in lines]
-    return _blocks(ids, [a for a, _ in split], [b for _, b in split])
+def teacher_hashes(teacher_dir: Path) -> dict[str, str]:
+    """Content hashes of the teacher's weights + config and of its tokenizer files."""
+    files = [p for p in teacher_dir.iterdir() if p.is_file()]
+    weights = [p for p in files if p.name == "config.json" or p.suffix in (".safetensors", ".bin")]
+    return {"teacher_sha256": file_digest(weights),
+            "tokenizer_sha256": file_digest([p for p in files if p.name in TOKENIZER_FILES])}
 
 
-def _dev_blocks(cfg: XdrayConfig) -> list[pa.Table]:
-    """The dev split, with ids from its position and content (dev may repeat a sentence with another label)."""
+def _stat(path: Path) -> dict:
+    """Size and modification time of a file (or of every file under a directory): a changed corpus restarts."""
+    files = [p for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() else [path]
+    return {"bytes": sum(p.stat().st_size for p in files), "mtime_ns": max(p.stat().st_mtime_ns for p in files)}
+
+
+def fingerprint(cfg: XdrayConfig, hashes: dict, hidden: list[int]) -> dict:
+    """Everything that determines the labelled rows; a partial or complete run is reused only when it matches."""
+    d = cfg.data
+    sources = [{**s.model_dump(mode="json"), **(_stat(s.path) if s.path is not None else {})} for s in d.transfer]
+    return {
+        "schema_version": SCHEMA_VERSION, **hashes, "max_length": d.max_length, "pairs": d.pairs,
+        "hidden_layers": hidden, "logits_dtype": cfg.label.logits_dtype, "chunk_rows": cfg.label.chunk_rows,
+        "cleaning": d.cleaning.model_dump(), "sources": sources, "dev": {"path": str(d.dev), **_stat(d.dev)},
+        "max_transfer_rows": d.max_transfer_rows, "seed": cfg.seed if d.max_transfer_rows else None,
+    }
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(value, indent=2))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def _dev_rows(cfg: XdrayConfig):
+    """The dev split, with ids from position and content (dev may repeat a sentence with another label)."""
     _, dev, _ = load_splits(cfg)
-    lines = [f"{t}\t{p}" for t, p in zip(dev.texts, dev.pairs)] if dev.pairs is not None else dev.texts
-    ids = [stable_id("dev", f"{i}\t{line}") for i, line in enumerate(lines)]
-    return _blocks(ids, dev.texts, dev.pairs, dev.labels)
+    for i, text in enumerate(dev.texts):
+        pair = dev.pairs[i] if dev.pairs is not None else None
+        content = text if pair is None else f"{text}\t{pair}"
+        yield (stable_id("dev", f"{i}\t{content}"), text, *((pair,) if pair is not None else ()), dev.labels[i])
+
+
+def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
+    """Stream the cleaned corpus and the dev split into chunk files; the plan written last marks them complete.
+    An empty corpus raises and leaves nothing behind."""
+    counts: Counter = Counter()
+    text = ["id", "text", "text_pair"] if cfg.data.pairs else ["id", "text"]
+    rows = cfg.label.chunk_rows
+    try:
+        transfer = write_chunks(clean_rows(cfg.data, cfg.seed, counts), work / "corpus" / "transfer", rows, text)
+        if not transfer:
+            names = ", ".join(s.key for s in cfg.data.transfer)
+            raise XdrayError(f"data.transfer: the corpus ({names}) holds no non-empty rows ({counts['rows']} read); "
+                             "fix: point data.transfer at non-empty text, or at the right column")
+        dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*text, "label"], {"label": pa.int64()})
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if work.parent.is_dir() and not any(work.parent.iterdir()):
+            work.parent.rmdir()
+        raise
+    chunks = [{"part": part, "file": chunk_name(i), "rows": n}
+              for part, sizes in (("transfer", transfer), ("dev", dev)) for i, n in enumerate(sizes)]
+    plan = {"fingerprint": fp, "cleaning": dict(counts), "chunks": chunks}
+    _write_json(work / "plan.json", plan)
+    return plan
+
+
+def _label_chunks(cfg: XdrayConfig, work: Path, todo: list[dict], hidden: list[int]) -> list[dict]:
+    """Ray Data feeds the chunk paths to the actor pool; each actor writes its shards and returns counts."""
+    lc = cfg.label
+    items = [{"source": str(work / "corpus" / c["part"] / c["file"]), "dest": str(work / "out" / c["part"] / c["file"])}
+             for c in todo]
+    labeller = dict(
+        teacher_dir=str(cfg.teacher_dir), max_length=cfg.data.max_length, threads=max(1, int(lc.cpus_per_actor)),
+        batch_size=lc.batch_size, hidden_layers=hidden, overlong=cfg.data.cleaning.overlong,
+        logits_dtype=lc.logits_dtype, precision=lc.precision,
+    )
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        ChunkLabeler, fn_constructor_kwargs=labeller, compute=ray.data.ActorPoolStrategy(size=lc.actors),
+        num_cpus=lc.cpus_per_actor, num_gpus=lc.gpus_per_actor or None, batch_size=1,
+    )
+    return list(ds.iter_rows())
+
+
+def _shard_stats(work: Path, plan: dict) -> list[dict]:
+    """The counts every shard carries in its metadata, checked against its chunk: nothing missing, nothing extra."""
+    stats = []
+    for chunk in plan["chunks"]:
+        path = work / "out" / chunk["part"] / chunk["file"]
+        meta = pq.read_metadata(path)
+        s = json.loads(meta.metadata[b"xdray.stats"])
+        if s["rows"] != chunk["rows"] or meta.num_rows != s["labelled"]:
+            raise XdrayError(f"label: shard {path} holds {meta.num_rows} rows for a chunk of {chunk['rows']}; "
+                             f"fix: delete it and rerun the step")
+        stats.append({**s, "part": chunk["part"]})
+    return stats
 
 
 def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
-    data_dir = cfg.labels_dir
-    ids, lines, counts = read_transfer(cfg.data.transfer, cfg.data.max_transfer_rows, cfg.seed)
-    if not ids:
-        raise XdrayError("data.transfer: the transfer corpora hold no non-empty lines; fix: point it at text files")
-    dev = _dev_blocks(cfg)
-    dev_rows = sum(b.num_rows for b in dev)
+    data_dir, work = cfg.labels_dir, cfg.step_dir("label") / "work"
     teacher_layers = AutoConfig.from_pretrained(cfg.teacher_dir).num_hidden_layers
     hidden = hidden_layers_to_store(cfg, teacher_layers)
-    lc = cfg.label
+    hashes = teacher_hashes(cfg.teacher_dir)
+    fp = fingerprint(cfg, hashes, hidden)
+    complete = _read_json(data_dir / "_manifest.json")
+    if complete and complete.get("fingerprint") == fp:
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"xdray label: {data_dir} is complete for this teacher and corpus; nothing to do")
+        return {**(read_summary(cfg, "label") or {}), "up_to_date": True}
 
+    t0 = time.perf_counter()
+    plan = _read_json(work / "plan.json")
+    if plan is None or plan["fingerprint"] != fp:
+        shutil.rmtree(work, ignore_errors=True)
+        plan = prepare(cfg, work, fp)
+    todo = [c for c in plan["chunks"] if not (work / "out" / c["part"] / c["file"]).is_file()]
+    lc = cfg.label
     with tracker.run(cfg, "label", parent) as run_id:
         tracker.params(run_id, {"label": lc.model_dump(mode="json"), "teacher": str(cfg.teacher_dir),
-                                "rows": len(ids), "hidden_layers": hidden})
-        tmp = staging_dir(data_dir)
-        t0 = time.perf_counter()
-        predictor = dict(
-            fn_constructor_kwargs={
-                "teacher_dir": str(cfg.teacher_dir), "max_length": cfg.data.max_length,
-                "threads": int(lc.cpus_per_actor), "hidden_layers": hidden,
-            },
-            compute=ray.data.ActorPoolStrategy(size=lc.actors), num_cpus=lc.cpus_per_actor,
-            num_gpus=lc.gpus_per_actor or None, batch_size=lc.batch_size, batch_format="pyarrow",
-        )
-        written = {}
-        for part, blocks in (("transfer", _transfer_blocks(ids, lines, cfg.data.pairs)), ("dev", dev)):
-            ray.data.from_arrow(blocks).map_batches(TeacherPredictor, **predictor).write_parquet(str(tmp / part))
-            written[part] = pq.read_table(tmp / part, columns=["id", "input_ids"])
-        seconds = time.perf_counter() - t0
-        for part, expected in (("transfer", len(ids)), ("dev", dev_rows)):
-            table = written[part]
-            unique = len(set(table.column("id").to_pylist()))
-            if table.num_rows != expected or unique != expected:
-                raise XdrayError(f"label: wrote {table.num_rows} {part} rows ({unique} unique ids) for {expected} "
-                                 "inputs; rerun the step")
+                                "cleaning": cfg.data.cleaning.model_dump(), "hidden_layers": hidden,
+                                "sources": [s.key for s in cfg.data.transfer]})
+        t1 = time.perf_counter()
+        ran = _label_chunks(cfg, work, todo, hidden) if todo else []
+        seconds = time.perf_counter() - t1
+        stats = _shard_stats(work, plan)
+        rows = {part: sum(s["labelled"] for s in stats if s["part"] == part) for part in PARTS}
+        cleaning = {**plan["cleaning"], "truncated": sum(s["truncated"] for s in stats),
+                    "overlong_dropped": sum(s["overlong_dropped"] for s in stats)}
         manifest = {
-            "schema_version": SCHEMA_VERSION, "teacher": str(cfg.teacher_dir), "max_length": cfg.data.max_length,
-            "rows": len(ids), "dev_rows": dev_rows, "teacher_layers": teacher_layers, "hidden_layers": hidden,
-            "pairs": cfg.data.pairs,
-            "columns": {"id": "string", "input_ids": "list<int32>", "logits": "list<float32>",
-                        **({"token_type_ids": "list<int8>"} if cfg.data.pairs else {}),
-                        **{f"hidden_{k}": "list<float16>" for k in hidden}, "label (dev only)": "int64"},
+            "schema_version": SCHEMA_VERSION, "teacher": str(cfg.teacher_dir), **hashes,
+            "max_length": cfg.data.max_length, "rows": rows["transfer"], "dev_rows": rows["dev"],
+            "teacher_layers": teacher_layers, "hidden_layers": hidden, "pairs": cfg.data.pairs,
+            "cleaning": cleaning, "columns": {
+                "id": "string", "input_ids": "list<int32>", "logits": f"list<{lc.logits_dtype}>",
+                **({"token_type_ids": "list<int8>"} if cfg.data.pairs else {}),
+                **{f"hidden_{k}": "list<float16>" for k in hidden}, "label (dev only)": "int64"},
+            "fingerprint": fp,
         }
-        (tmp / "_manifest.json").write_text(json.dumps(manifest, indent=2))
-        replace_dir(tmp, data_dir)
+        _write_json(work / "out" / "_manifest.json", manifest)
+        replace_dir(work / "out", data_dir)
+        shutil.rmtree(work)
 
-        tokens = sum(int(np.sum(pa.compute.list_value_length(t.column("input_ids")).to_numpy()))
-                     for t in written.values())
-        total = len(ids) + dev_rows
+        tokens, padded = sum(int(s["tokens"]) for s in ran), sum(int(s["padded_tokens"]) for s in ran)
+        labelled = sum(int(s["labelled"]) for s in ran)
         summary = {
-            "rows": len(ids), "dev_rows": dev_rows, "unique_ids": len(ids), "cleaning": counts,
-            "hidden_layers": hidden, "seconds": round(seconds, 2), "rows_per_s": round(total / seconds, 1),
-            "tokens_per_s": round(tokens / seconds, 1), "actors": lc.actors, "data": str(data_dir),
-            "mlflow_run_id": run_id,
+            "rows": rows["transfer"], "dev_rows": rows["dev"], "unique_ids": rows["transfer"], "cleaning": cleaning,
+            "hidden_layers": hidden, "chunks": len(plan["chunks"]), "resumed_chunks": len(plan["chunks"]) - len(todo),
+            "seconds": round(time.perf_counter() - t0, 2), "label_seconds": round(seconds, 2),
+            "rows_per_s": round(labelled / seconds, 1) if ran else 0.0,
+            "tokens_per_s": round(tokens / seconds, 1) if ran else 0.0,
+            "pad_fraction": round(1 - tokens / padded, 4) if padded else 0.0,
+            "peak_rss_mb": {"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                            "actor": round(max((float(s["peak_rss_mb"]) for s in ran), default=0.0), 1)},
+            "actors": lc.actors, "data": str(data_dir), "mlflow_run_id": run_id,
         }
-        tracker.metrics(run_id, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+        flat.update({f"cleaning_{k}": v for k, v in cleaning.items()})
+        flat.update({f"peak_rss_mb_{k}": v for k, v in summary["peak_rss_mb"].items()})
+        tracker.metrics(run_id, flat)
         tracker.artifact(run_id, data_dir / "_manifest.json")
         tracker.artifact(run_id, write_summary(cfg, "label", summary))
     return summary

@@ -80,8 +80,9 @@ def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
                 "local HF model directory or hub id"
             )
     if "label" in steps:
-        for i, path in enumerate(cfg.data.transfer):
-            _must_exist(path, f"data.transfer[{i}]")
+        for i, source in enumerate(cfg.data.transfer):
+            if source.path is not None:
+                _must_exist(source.path, f"data.transfer[{i}]")
     if ({"label", "distill", "search"} & set(steps)) and "teacher" not in steps:
         _must_exist(cfg.teacher_dir / "config.json", "label.teacher", "run `xdray teacher` first or set label.teacher")
     if ({"distill", "search"} & set(steps)) and "label" not in steps:

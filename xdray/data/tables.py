@@ -1,15 +1,10 @@
-"""Reading labeled splits and transfer corpora, with stable content-derived ids.
-
-Labeled splits are TSV files with a header and columns ``text`` and ``label`` (integer class ids), plus
-``text_pair`` for sentence-pair tasks. Transfer corpora are text files, one sentence per line (for pairs:
-``text<TAB>text_pair``); blank lines are dropped and exact duplicates are kept once, so the labelled Parquet
-has exactly one row per id.
+"""Reading and writing labeled splits: TSV files with a header and columns ``text`` and ``label`` (integer
+class ids), plus ``text_pair`` for sentence-pair tasks. Transfer corpora are read by ``xdray.data.corpus``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -98,40 +93,3 @@ def write_atomic_tsv(path: Path, fields: list[str], rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
-
-
-def stable_id(source: str, text: str) -> str:
-    """Content- and source-derived id: reruns and resumes match rows exactly."""
-    return hashlib.blake2b(f"{source}\x00{text}".encode(), digest_size=8).hexdigest()
-
-
-def read_transfer(paths: list[Path], limit: int | None, seed: int) -> tuple[list[str], list[str], dict]:
-    """Read, clean and dedupe transfer corpora; returns (ids, lines, counts of what was dropped).
-    A line of a sentence-pair corpus holds ``text<TAB>text_pair``; ``split_pair`` separates them."""
-    seen: dict[str, str] = {}
-    counts = {"lines": 0, "empty": 0, "duplicates": 0}
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                counts["lines"] += 1
-                text = line.strip()
-                if not text:
-                    counts["empty"] += 1
-                    continue
-                # the id ignores the file so the same sentence in two corpora is labelled once
-                key = stable_id("text", text)
-                if key in seen:
-                    counts["duplicates"] += 1
-                    continue
-                seen[key] = text
-    ids = list(seen)
-    if limit is not None and limit < len(ids):
-        ids = sorted(random.Random(seed).sample(ids, limit))
-        counts["subsampled_to"] = limit
-    return ids, [seen[i] for i in ids], counts
-
-
-def split_pair(line: str) -> tuple[str, str]:
-    """``text<TAB>text_pair`` → (text, text_pair); a line without a TAB has an empty second sentence."""
-    text, _, pair = line.partition("\t")
-    return text.strip(), pair.strip()
