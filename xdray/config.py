@@ -62,7 +62,7 @@ class TransferSource(_Section):
     subset: str | None = None
     """Hub datasets: the configuration name."""
     name: str | None = None
-    """Namespace of this source's row ids when ``data.cleaning.dedupe`` is off; default: the file stem or hub name."""
+    """Namespace of this source's row ids when ``data.cleaning.dedupe`` is off; default: the file name or hub name."""
 
     @model_validator(mode="after")
     def _one_origin(self) -> TransferSource:
@@ -74,7 +74,7 @@ class TransferSource(_Section):
 
     @property
     def key(self) -> str:
-        return self.name or (self.hub if self.hub is not None else self.path.stem)
+        return self.name or (self.hub if self.hub is not None else self.path.name)
 
     @property
     def kind(self) -> str:
@@ -127,8 +127,8 @@ class DataConfig(_Section):
     def _unique_names(self) -> DataConfig:
         keys = [s.key for s in self.transfer]
         if len(keys) != len(set(keys)):
-            raise ValueError(f"data.transfer: two sources share the name {sorted({k for k in keys if keys.count(k) > 1})}"
-                             "; fix: give each a distinct name")
+            raise ValueError(f"transfer sources share the name {sorted({k for k in keys if keys.count(k) > 1})}; "
+                             "fix: give each a distinct name")
         return self
 
 
