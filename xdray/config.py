@@ -169,8 +169,9 @@ class LabelConfig(_Section):
     """Teacher directory to label with; None = <output_dir>/teacher/model."""
     batch_size: int = Field(64, ge=1)
     """Rows per teacher forward; batches hold rows of similar length (sorted within a chunk)."""
-    chunk_rows: int = Field(4096, ge=1)
-    """Rows per Parquet shard: the unit of work of an actor, of resume, and the length-sorting window."""
+    chunk_rows: int = Field(1024, ge=1)
+    """Rows per Parquet shard: the unit of work of an actor, of resume, and the length-sorting window (larger
+    for big GPU batches; smaller keeps actors evenly busy at the end of a run)."""
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)

@@ -176,7 +176,8 @@ def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
 
 
 def _label_chunks(cfg: XdrayConfig, work: Path, todo: list[dict], hidden: list[int]) -> list[dict]:
-    """Ray Data feeds the chunk paths to the actor pool; each actor writes its shards and returns counts."""
+    """Ray Data feeds the chunk paths to the actor pool; each actor writes its shards and returns counts.
+    One chunk in flight per actor: queuing more would let the first actor up take work an idle one could do."""
     lc = cfg.label
     items = [{"source": str(work / "corpus" / c["part"] / c["file"]), "dest": str(work / "out" / c["part"] / c["file"])}
              for c in todo]
@@ -186,7 +187,7 @@ def _label_chunks(cfg: XdrayConfig, work: Path, todo: list[dict], hidden: list[i
         logits_dtype=lc.logits_dtype, precision=lc.precision,
     )
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        ChunkLabeler, fn_constructor_kwargs=labeller, compute=ray.data.ActorPoolStrategy(size=lc.actors),
+        ChunkLabeler, fn_constructor_kwargs=labeller, compute=ray.data.ActorPoolStrategy(size=lc.actors, max_tasks_in_flight_per_actor=1),
         num_cpus=lc.cpus_per_actor, num_gpus=lc.gpus_per_actor or None, batch_size=1,
     )
     return list(ds.iter_rows())
