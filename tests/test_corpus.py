@@ -125,3 +125,11 @@ def test_chunk_labeller_truncates_or_drops_overlong_rows(tiny_task, tmp_path, ov
     assert stats["tokens"] == sum(lengths) and stats["padded_tokens"] >= stats["tokens"]
     assert str(out.schema.field("logits").type.value_type) == "halffloat"
     assert len(out.column("hidden_2")[0]) == 32
+
+
+def test_a_hub_dataset_that_cannot_be_reached_is_one_line(tmp_path):
+    # the tests run offline (HF_HUB_OFFLINE=1): the hub reader must fail with the source, the cause and the fix
+    cfg = data_config(tmp_path, [{"hub": "stanfordnlp/imdb", "split": "unsupervised"}])
+    with pytest.raises(XdrayError, match=r"^data.transfer stanfordnlp/imdb: cannot read hub dataset .*fix: ") as e:
+        read(cfg)
+    assert "\n" not in str(e.value)
