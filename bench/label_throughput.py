@@ -10,8 +10,8 @@ corpus), in one run; then peak memory of the labelling driver and actors on a 10
 - xdray: ``run_label`` in this process with Ray already started (``ray.init`` is a per-session cost), timed
   from the call to the return: hashing the teacher, cleaning and chunking, actor start-up, labelling the
   corpus plus the dev split, Parquet, manifest and MLflow. Sentences/s counts the dev rows it also labels.
-- memory: ``xdray label`` as a subprocess per corpus size (the sample lines repeated with a numeric suffix so
-  they stay unique); peak RSS of the driver and of the largest actor, from the step's summary.
+- memory: ``xdray label`` as a subprocess per corpus size (the same 10k sample lines, cycled with a numeric
+  suffix so rows stay unique); peak RSS (VmHWM) of the driver and of the largest actor, from the step's summary.
 
 Prints one JSON line. ``python bench/label_throughput.py [--rows N] [--batch-size 64] [--actors 2] [--no-rss]``
 """
@@ -155,8 +155,11 @@ def main() -> None:
         "pipeline_seconds": round(pipe_s, 1),
     }
     if not args.no_rss:
+        # both corpora cycle over the same 10k sample lines, so both hold the same longest rows: an actor's peak
+        # is set by its largest padded batch, and a corpus that never meets the longest lines would peak lower
+        pool = lines[::2][:10_000]
         for rows, key in ((10_000, "10k"), (100_000, "100k")):
-            rss = rss_run(samples, out, lines, rows, teacher_dir, args)
+            rss = rss_run(samples, out, pool, rows, teacher_dir, args)
             result[f"peak_rss_mb_{key}"] = rss["driver"]
             result[f"peak_actor_rss_mb_{key}"] = rss["actor"]
         result["rss_ratio_driver"] = round(result["peak_rss_mb_100k"] / result["peak_rss_mb_10k"], 3)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import time
 from collections import Counter
@@ -41,7 +40,7 @@ from xdray.data.tables import load_splits
 from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
 from xdray.models.teacher import ChunkLabeler
-from xdray.runtime import read_summary, replace_dir, write_summary
+from xdray.runtime import peak_rss_mb, read_summary, replace_dir, write_summary
 from xdray.tracking import Tracker
 
 SCHEMA_VERSION = 3
@@ -260,7 +259,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
             "rows_per_s": round(labelled / seconds, 1) if ran else 0.0,
             "tokens_per_s": round(tokens / seconds, 1) if ran else 0.0,
             "pad_fraction": round(1 - tokens / padded, 4) if padded else 0.0,
-            "peak_rss_mb": {"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": {"driver": round(peak_rss_mb(), 1),
                             "actor": round(max((float(s["peak_rss_mb"]) for s in ran), default=0.0), 1)},
             "actors": lc.actors, "data": str(data_dir), "mlflow_run_id": run_id,
         }

@@ -92,3 +92,13 @@ def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
 def _must_exist(path: Path, key: str, fix: str = "run `xdray data samples` or correct the path") -> None:
     if not path.exists():
         raise ConfigError(f"{key}: not found: {path}; fix: {fix}")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ``getrusage``: its ``ru_maxrss`` survives ``exec``, so a
+    subprocess would report its parent's peak at fork time."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from xdray.runtime import peak_rss_mb
 
 
 def load_classifier(
@@ -77,7 +78,7 @@ class ChunkLabeler:
         tmp = dst.with_suffix(".tmp")
         pq.write_table(table.replace_schema_metadata({"xdray.stats": json.dumps(stats)}), tmp)
         os.replace(tmp, dst)
-        stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        stats["peak_rss_mb"] = peak_rss_mb()
         return stats
 
     @torch.inference_mode()
