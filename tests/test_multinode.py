@@ -43,7 +43,7 @@ def test_label_and_distill_use_both_nodes(two_nodes, tiny_task, tmp_path):
     for step in ("teacher", "label", "distill"):
         assert main([step, str(job)]) == 0
 
-    actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(TeacherPredictor))")], limit=100)
+    actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(ChunkLabeler))")], limit=100)
     # actors the pool asked for but never placed have no node; every placed one must cover both nodes
     assert {a.node_id for a in actors if a.node_id} == nodes
     summary = json.loads((tmp_path / "out" / "distill" / "summary.json").read_text())

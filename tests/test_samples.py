@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from xdray.data import samples
 from xdray.data.tables import read_labeled
 from xdray.errors import XdrayError
-from xdray.label import TeacherPredictor
+from xdray.models.teacher import ChunkLabeler
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,10 @@ def test_real_minilm_weights_load_and_label_sentences(tmp_path):
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(path).save_pretrained(tmp_path)
-    predictor = TeacherPredictor(str(tmp_path), max_length=32, threads=1)
+    labeller = ChunkLabeler(str(tmp_path), max_length=32, threads=1, batch_size=2)
     sentences = ["A gift to anyone who loves both dance and cinema.", "The plot goes nowhere.", "Fine."]
-    out = predictor(pa.table({"id": ["a", "b", "c"], "text": sentences}))
+    out, stats = labeller.label_table(pa.table({"id": ["a", "b", "c"], "text": sentences}))
+    assert stats["labelled"] == 3 and stats["truncated"] == 0
     assert out.column("id").to_pylist() == ["a", "b", "c"]
     logits = torch.tensor(out.column("logits").to_pylist())
     assert logits.shape == (3, 2) and torch.isfinite(logits).all()
