@@ -212,11 +212,11 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
     hidden = hidden_layers_to_store(cfg, teacher_layers)
     hashes = teacher_hashes(cfg.teacher_dir)
     fp = fingerprint(cfg, hashes, hidden)
-    complete = _read_json(data_dir / "_manifest.json")
-    if complete and complete.get("fingerprint") == fp:
+    complete, summary = _read_json(data_dir / "_manifest.json"), read_summary(cfg, "label")
+    if complete and complete.get("fingerprint") == fp and summary is not None:
         shutil.rmtree(work, ignore_errors=True)
         print(f"xdray label: {data_dir} is complete for this teacher and corpus; nothing to do")
-        return {**(read_summary(cfg, "label") or {}), "up_to_date": True}
+        return {**summary, "up_to_date": True}
 
     t0 = time.perf_counter()
     plan = _read_json(work / "plan.json")
