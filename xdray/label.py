@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -40,7 +39,7 @@ from xdray.data.tables import load_splits
 from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
 from xdray.models.teacher import ChunkLabeler
-from xdray.runtime import peak_rss_mb, read_summary, replace_dir, write_summary
+from xdray.runtime import peak_rss_mb, read_json, read_summary, replace_dir, write_json, write_summary
 from xdray.tracking import Tracker
 
 SCHEMA_VERSION = 3
@@ -130,16 +129,6 @@ def fingerprint(cfg: XdrayConfig, hashes: dict, hidden: list[int]) -> dict:
     }
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(value, indent=2))
-    os.replace(path.with_suffix(".tmp"), path)
-
-
 def _dev_rows(cfg: XdrayConfig):
     """The dev split, with ids from position and content (dev may repeat a sentence with another label)."""
     _, dev, _ = load_splits(cfg)
@@ -153,15 +142,15 @@ def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
     """Stream the cleaned corpus and the dev split into chunk files; the plan written last marks them complete.
     An empty corpus raises and leaves nothing behind."""
     counts: Counter = Counter()
-    text = ["id", "text", "text_pair"] if cfg.data.pairs else ["id", "text"]
+    columns = ["id", "text", "text_pair"] if cfg.data.pairs else ["id", "text"]
     rows = cfg.label.chunk_rows
     try:
-        transfer = write_chunks(clean_rows(cfg.data, cfg.seed, counts), work / "corpus" / "transfer", rows, text)
+        transfer = write_chunks(clean_rows(cfg.data, cfg.seed, counts), work / "corpus" / "transfer", rows, columns)
         if not transfer:
             names = ", ".join(s.key for s in cfg.data.transfer)
             raise XdrayError(f"data.transfer: the corpus ({names}) holds no non-empty rows ({counts['rows']} read); "
                              "fix: point data.transfer at non-empty text, or at the right column")
-        dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*text, "label"], {"label": pa.int64()})
+        dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*columns, "label"], {"label": pa.int64()})
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         if work.parent.is_dir() and not any(work.parent.iterdir()):
@@ -170,7 +159,7 @@ def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
     chunks = [{"part": part, "file": chunk_name(i), "rows": n}
               for part, sizes in (("transfer", transfer), ("dev", dev)) for i, n in enumerate(sizes)]
     plan = {"fingerprint": fp, "cleaning": dict(counts), "chunks": chunks}
-    _write_json(work / "plan.json", plan)
+    write_json(work / "plan.json", plan)
     return plan
 
 
@@ -185,9 +174,10 @@ def _label_chunks(cfg: XdrayConfig, work: Path, todo: list[dict], hidden: list[i
         batch_size=lc.batch_size, hidden_layers=hidden, overlong=cfg.data.cleaning.overlong,
         logits_dtype=lc.logits_dtype, precision=lc.precision,
     )
+    pool = ray.data.ActorPoolStrategy(size=lc.actors, max_tasks_in_flight_per_actor=1)
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        ChunkLabeler, fn_constructor_kwargs=labeller, compute=ray.data.ActorPoolStrategy(size=lc.actors, max_tasks_in_flight_per_actor=1),
-        num_cpus=lc.cpus_per_actor, num_gpus=lc.gpus_per_actor or None, batch_size=1,
+        ChunkLabeler, fn_constructor_kwargs=labeller, compute=pool, num_cpus=lc.cpus_per_actor,
+        num_gpus=lc.gpus_per_actor or None, batch_size=1,
     )
     return list(ds.iter_rows())
 
@@ -212,14 +202,14 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
     hidden = hidden_layers_to_store(cfg, teacher_layers)
     hashes = teacher_hashes(cfg.teacher_dir)
     fp = fingerprint(cfg, hashes, hidden)
-    complete, summary = _read_json(data_dir / "_manifest.json"), read_summary(cfg, "label")
+    complete, summary = read_json(data_dir / "_manifest.json"), read_summary(cfg, "label")
     if complete and complete.get("fingerprint") == fp and summary is not None:
         shutil.rmtree(work, ignore_errors=True)
         print(f"xdray label: {data_dir} is complete for this teacher and corpus; nothing to do")
         return {**summary, "up_to_date": True}
 
     t0 = time.perf_counter()
-    plan = _read_json(work / "plan.json")
+    plan = read_json(work / "plan.json")
     if plan is None or plan["fingerprint"] != fp:
         shutil.rmtree(work, ignore_errors=True)
         plan = prepare(cfg, work, fp)
@@ -246,7 +236,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
                 **{f"hidden_{k}": "list<float16>" for k in hidden}, "label (dev only)": "int64"},
             "fingerprint": fp,
         }
-        _write_json(work / "out" / "_manifest.json", manifest)
+        write_json(work / "out" / "_manifest.json", manifest)
         replace_dir(work / "out", data_dir)
         shutil.rmtree(work)
 

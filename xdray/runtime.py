@@ -38,14 +38,29 @@ def summary_path(cfg: XdrayConfig, step: str) -> Path:
     return cfg.step_dir(step) / "summary.json"
 
 
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A hidden temporary name beside ``path`` to write to, renamed to ``path`` when the block completes: a crash
+    never leaves a half file that looks complete (or that a directory reader such as pyarrow would pick up)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    yield tmp
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: dict) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    return path
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_summary(cfg: XdrayConfig, step: str, summary: dict) -> Path:
     """Written last and atomically: its presence is what marks a step complete."""
-    path = summary_path(cfg, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(summary_path(cfg, step), summary)
 
 
 def staging_dir(dest: Path) -> Path:
@@ -62,8 +77,7 @@ def replace_dir(tmp: Path, dest: Path) -> None:
 
 
 def read_summary(cfg: XdrayConfig, step: str) -> dict | None:
-    path = summary_path(cfg, step)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(summary_path(cfg, step))
 
 
 def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:

@@ -11,7 +11,6 @@ import csv
 import hashlib
 import heapq
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 
 from xdray.config import DataConfig, TransferSource
 from xdray.errors import XdrayError
+from xdray.runtime import atomic_path
 
 Row = tuple[str, str | None]
 """(text, text_pair); the pair is None for single-sentence tasks."""
@@ -229,15 +229,13 @@ def write_chunks(rows: Iterable[tuple], directory: Path, chunk_rows: int, column
                  types: dict[str, pa.DataType] | None = None) -> list[int]:
     """Write rows as ``chunk-000000.parquet``, ... of ``chunk_rows`` rows each (atomically, one in memory at a
     time); returns the row count of every chunk."""
-    directory.mkdir(parents=True, exist_ok=True)
     sizes: list[int] = []
     buffer: list[tuple] = []
 
     def flush() -> None:
         table = pa.table({c: pa.array([r[i] for r in buffer], type=(types or {}).get(c)) for i, c in enumerate(columns)})
-        path = directory / chunk_name(len(sizes))
-        pq.write_table(table, path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
+        with atomic_path(directory / chunk_name(len(sizes))) as tmp:
+            pq.write_table(table, tmp)
         sizes.append(len(buffer))
         buffer.clear()
 

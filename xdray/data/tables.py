@@ -5,13 +5,13 @@ class ids), plus ``text_pair`` for sentence-pair tasks. Transfer corpora are rea
 from __future__ import annotations
 
 import csv
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from xdray.config import XdrayConfig
 from xdray.errors import XdrayError
+from xdray.runtime import atomic_path
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,7 @@ def write_labeled(path: Path, split: LabeledSplit) -> None:
 
 
 def write_atomic_tsv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a half file that looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

@@ -4,7 +4,6 @@ batch inference over chunks of the transfer corpus (the labelling actors' work).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from xdray.runtime import peak_rss_mb
+from xdray.runtime import atomic_path, peak_rss_mb
 
 
 def load_classifier(
@@ -74,10 +73,8 @@ class ChunkLabeler:
         t0 = time.perf_counter()
         table, stats = self.label_table(pq.read_table(src))
         stats["seconds"] = time.perf_counter() - t0
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_suffix(".tmp")
-        pq.write_table(table.replace_schema_metadata({"xdray.stats": json.dumps(stats)}), tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            pq.write_table(table.replace_schema_metadata({"xdray.stats": json.dumps(stats)}), tmp)
         stats["peak_rss_mb"] = peak_rss_mb()
         return stats
 
