@@ -3,6 +3,8 @@ schedule. No Ray, no DeepSpeed."""
 
 from __future__ import annotations
 
+import copy
+
 import math
 
 import pytest
@@ -249,7 +251,7 @@ def _data(teacher, train, dev, objective_for):
         objective = objective_for(phase)
         return [b | teacher_targets(teacher, b, objective) for b in batches]
 
-    return Data(train=lambda phase, epoch: attach(train, phase), dev=lambda phase: attach(dev, phase))
+    return Data(train=lambda phase, epoch, skip: attach(train, phase)[skip:], dev=lambda phase: attach(dev, phase))
 
 
 def test_a_phase_that_only_hurts_dev_keeps_its_starting_weights():
@@ -352,3 +354,46 @@ def test_param_groups_cover_every_parameter_once():
     assert [g["name"] for g in groups] == ["embeddings", "block.0", "block.1", "block.2", "head"]
     head = {id(p) for p in groups[-1]["params"]}
     assert all(id(p) in head for p in module.projections.parameters())
+
+
+def test_a_schedule_resumed_from_any_checkpoint_ends_exactly_like_the_uninterrupted_run():
+    """Checkpoint → resume restores the stage, the unfrozen units, early stopping, the data position and the
+    RNG: the resumed runs (mid-phase, and at a phase boundary) end with the same weights and records."""
+    teacher, train, dev = _tiny_learning_problem()
+    stages = _stages(
+        {"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 2, "unfreeze": "gradual"},
+        {"name": "labels", "data": "train", "loss": "ce", "epochs": 3, "patience": 1},
+    )
+    phases = expand_stages(stages, 2)
+
+    def objective_for(phase):
+        return Objective(losses=phase.losses)
+
+    def backend():
+        torch.manual_seed(0)
+        student = build_student(StudentConfig(layers=2, hidden=16, heads=2, intermediate=32), teacher, 2, seed=0)
+        return TorchBackend(DistillModule(student, 32, 0), lr=5e-3)
+
+    snapshots = []
+
+    def keep(backend_, pos):
+        snapshots.append(copy.deepcopy((pos.state(), backend_.model.state_dict(), backend_.optimizer.state_dict(),
+                                        backend_._saved, torch.get_rng_state())))
+
+    data = _data(teacher, train, dev, objective_for)
+    first = backend()
+    history = run_schedule(first, phases, objective_for, data, lr=5e-3, warmup_steps=4, checkpoint_every=5,
+                           on_checkpoint=lambda pos: keep(first, pos))
+    mid = next(s for s in snapshots if s[0]["batch"] and s[0]["phase"] == 1)
+    boundary = next(s for s in snapshots if s[0]["best"] is None and s[0]["phase"] == 2)
+    for state, model_state, optimizer_state, saved, rng in (mid, boundary):
+        again = backend()
+        again.model.load_state_dict(model_state)
+        again.optimizer.load_state_dict(optimizer_state)
+        again._saved, _ = saved, torch.set_rng_state(rng)
+        resumed = run_schedule(again, phases, objective_for, data, lr=5e-3, warmup_steps=4, resume=state)
+        assert [(r["stage"], r["trained_units"], r["best_epoch"] if "best_epoch" in r else None) for r in resumed] == \
+            [(r["stage"], r["trained_units"], r["best_epoch"] if "best_epoch" in r else None) for r in history]
+        assert [r["dev_loss"] for r in resumed] == [r["dev_loss"] for r in history]
+        final = first.model.state_dict()
+        assert all(torch.equal(final[k], v) for k, v in again.model.state_dict().items())

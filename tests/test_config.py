@@ -48,6 +48,11 @@ BAD = [
     ("distill.workers", "two", "distill.workers: Input should be a valid integer"),
     ("distill.deepspeed.zero_stage", 4, "distill.deepspeed.zero_stage: Input should be less than or equal to 3"),
     ("distill.deepspeed.precision", "fp16", "fp16 is not supported on CPU"),
+    ("distill.deepspeed.train_batch_size", 48, "train_batch_size=48 is not divisible by batch_size x workers = "
+     "16 x 2 = 32; fix: use a multiple of 32"),
+    ("distill.deepspeed.offload_optimizer", True, "offload_optimizer needs ZeRO"),  # with zero_stage 0, below
+    ("distill.checkpoint_every", 3, "checkpoint_every=3 falls inside a gradient accumulation of 2"),
+    ("search.workers_per_trial", 3, "search.workers_per_trial=3: train_batch_size=64 is not divisible by"),
     ("distill.batch_size", 0, "distill.batch_size: Input should be greater than or equal to 1"),
     ("distill.stages", [], "distill.stages: List should have at least 1 item"),
     ("distill.stages", [{"name": "a", "data": "train", "loss": "logits_mse"}], "needs teacher outputs"),
@@ -77,6 +82,10 @@ BAD = [
 def test_bad_configs_each_give_one_clear_line(raw, key, value, expected):
     if key == "search.hidden":
         raw["search"]["head_size"] = 64
+    if key == "distill.deepspeed.offload_optimizer":
+        raw["distill"]["deepspeed"] = {"zero_stage": 0}
+    if key in ("distill.checkpoint_every", "search.workers_per_trial"):
+        raw["distill"]["deepspeed"] = {"train_batch_size": 64}
     with pytest.raises(ConfigError) as err:
         validate_config(_set(raw, key, value))
     message = str(err.value)

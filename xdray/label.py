@@ -39,7 +39,7 @@ from xdray.data.tables import load_splits
 from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
 from xdray.models.teacher import ChunkLabeler
-from xdray.runtime import peak_rss_mb, read_json, read_summary, replace_dir, write_json, write_summary
+from xdray.runtime import file_stamp, peak_rss_mb, read_json, read_summary, replace_dir, write_json, write_summary
 from xdray.tracking import Tracker
 
 SCHEMA_VERSION = 3
@@ -111,20 +111,14 @@ def teacher_hashes(teacher_dir: Path) -> dict[str, str]:
             "tokenizer_sha256": file_digest([p for p in files if p.name in TOKENIZER_FILES])}
 
 
-def _stat(path: Path) -> dict:
-    """Size and modification time of a file (or of every file under a directory): a changed corpus restarts."""
-    files = [p for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() else [path]
-    return {"bytes": sum(p.stat().st_size for p in files), "mtime_ns": max(p.stat().st_mtime_ns for p in files)}
-
-
 def fingerprint(cfg: XdrayConfig, hashes: dict, hidden: list[int]) -> dict:
     """Everything that determines the labelled rows; a partial or complete run is reused only when it matches."""
     d = cfg.data
-    sources = [{**s.model_dump(mode="json"), **(_stat(s.path) if s.path is not None else {})} for s in d.transfer]
+    sources = [{**s.model_dump(mode="json"), **(file_stamp(s.path) if s.path is not None else {})} for s in d.transfer]
     return {
         "schema_version": SCHEMA_VERSION, **hashes, "max_length": d.max_length, "pairs": d.pairs,
         "hidden_layers": hidden, "logits_dtype": cfg.label.logits_dtype, "chunk_rows": cfg.label.chunk_rows,
-        "cleaning": d.cleaning.model_dump(), "sources": sources, "dev": {"path": str(d.dev), **_stat(d.dev)},
+        "cleaning": d.cleaning.model_dump(), "sources": sources, "dev": {"path": str(d.dev), **file_stamp(d.dev)},
         "max_transfer_rows": d.max_transfer_rows, "seed": cfg.seed if d.max_transfer_rows else None,
     }
 

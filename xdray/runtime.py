@@ -54,6 +54,13 @@ def write_json(path: Path, value: dict) -> Path:
     return path
 
 
+def file_stamp(path: Path) -> dict:
+    """Size and modification time of a file (or of every file under a directory): inputs that changed restart a
+    resumable job instead of continuing it."""
+    files = [p for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() else [path]
+    return {"bytes": sum(p.stat().st_size for p in files), "mtime_ns": max(p.stat().st_mtime_ns for p in files)}
+
+
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 

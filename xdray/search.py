@@ -46,7 +46,7 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
     out = cfg.step_dir("search")
     train, dev, _ = load_splits(cfg)
     stages = [s.model_dump() for s in cfg.distill.stages]
-    trainer_cfg = cfg.distill.model_copy(update={"workers": cfg.search.workers_per_trial})
+    trainer_cfg = cfg.search_trainer()
     num_labels = max(train.labels) + 1
     # checked once, before any trial starts; every trial reads the same Parquet and dev table
     datasets, dev_table = student_data(cfg, train, dev, stages, cfg.search.layers)

@@ -23,7 +23,7 @@ from xdray.label import check_labels
 from xdray.models.student import check_student
 from xdray.runtime import write_summary
 from xdray.tracking import Tracker, tracking_uri
-from xdray.train import TrainSpec, export_student, fit
+from xdray.train import TrainSpec, export_student, fit, run_name
 
 
 def make_spec(
@@ -33,6 +33,8 @@ def make_spec(
     return TrainSpec(
         role=role, init=init, stages=stages, num_labels=num_labels, max_length=cfg.data.max_length,
         batch_size=trainer.batch_size, lr=trainer.lr, deepspeed=trainer.deepspeed.model_dump(),
+        grad_accum=trainer.grad_accum, warmup_steps=trainer.warmup_steps, checkpoint_every=trainer.checkpoint_every,
+        log_every=trainer.log_every,
         scratch=str(scratch), dev=ray.put(dev), seed=cfg.seed, student=student.model_dump() if student else None,
         representation=cfg.distill.representation.model_dump(), teacher_mode=cfg.distill.teacher_mode,
         tracking_uri=tracking_uri(cfg), run_id=run_id, trust_remote_code=cfg.teacher.trust_remote_code,
@@ -81,7 +83,8 @@ def run_teacher(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         spec = make_spec(cfg, tc, "teacher", tc.backbone, stages, max(train.labels) + 1, text_table(dev),
                          out / "scratch", run_id)
         t0 = time.perf_counter()
-        result = fit(spec, tc, {"train": ray.data.from_items(train.rows())}, out / "ray", "teacher")
+        name = run_name("teacher", spec, tc, [cfg.data.train, cfg.data.dev])
+        result = fit(spec, tc, {"train": ray.data.from_items(train.rows())}, out / "ray", name)
         trained = export_student(result, out / "model")
         summary = _finish(cfg, tracker, run_id, "teacher", out / "model", trained, test, time.perf_counter() - t0)
     return summary
@@ -99,7 +102,8 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         spec = make_spec(cfg, dc, "student", str(cfg.teacher_dir), stages, max(train.labels) + 1, dev_table,
                          out / "scratch", run_id, student=dc.student)
         t0 = time.perf_counter()
-        result = fit(spec, dc, datasets, out / "ray", "distill")
+        name = run_name("distill", spec, dc, [cfg.data.train, cfg.data.dev, cfg.labels_dir / "_manifest.json"])
+        result = fit(spec, dc, datasets, out / "ray", name)
         trained = export_student(result, out / "student")
         summary = _finish(cfg, tracker, run_id, "distill", out / "student", trained, test, time.perf_counter() - t0)
     return summary
@@ -125,6 +129,8 @@ def _finish(
     tracker.metrics(run_id, {"test_accuracy": summary["test_accuracy"], "final_dev_accuracy": summary["dev_accuracy"],
                              "params_total": summary["params"]["total"], "seconds": summary["seconds"]})
     tracker.artifact(run_id, model_dir / "xdray_train.json")
+    if step == "distill":
+        summary["mlflow_model_uri"] = tracker.log_model(run_id, model_dir)
     shutil.rmtree(model_dir.parent / "scratch", ignore_errors=True)
     tracker.artifact(run_id, write_summary(cfg, step, summary))
     return summary

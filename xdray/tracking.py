@@ -85,6 +85,28 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), subdir)
 
 
+    def log_model(self, run_id: str, model_dir: Path, name: str = "student") -> str:
+        """The exported HF directory as an MLflow ``transformers`` model (text classification) of ``run_id``;
+        returns its URI. Requirements are pinned explicitly: MLflow's inference would import torchvision."""
+        import mlflow
+        import torch
+        import transformers
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        components = {"model": AutoModelForSequenceClassification.from_pretrained(model_dir),
+                      "tokenizer": AutoTokenizer.from_pretrained(model_dir)}
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)  # the fluent API is the only one that logs a model to a given run
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.transformers.log_model(components, name=name, task="text-classification",
+                                                     pip_requirements=requirements)
+        finally:
+            mlflow.set_tracking_uri(previous)
+        return info.model_uri
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

@@ -10,6 +10,8 @@ only: workers never see the test split.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -22,17 +24,18 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from xdray.config import RepresentationConfig, StudentConfig, TrainerConfig
 from xdray.distill.batches import collate, table_batches
 from xdray.distill.losses import layer_map
 from xdray.distill.objective import DistillModule, Objective, teacher_targets
-from xdray.distill.schedule import Data, Phase, evaluate, expand_stages, param_groups, run_schedule
+from xdray import checkpoints
+from xdray.distill.schedule import Data, Phase, Position, evaluate, expand_stages, param_groups, run_schedule
 from xdray.models.student import build_student, encoder_blocks, param_counts
 from xdray.models.teacher import load_classifier
-from xdray.runtime import replace_dir, staging_dir
+from xdray.runtime import file_stamp, replace_dir, staging_dir
 
 LOG_EVERY = 20
 DEV_BATCH = 64
@@ -50,6 +53,7 @@ class TrainSpec:
     batch_size: int
     lr: float
     deepspeed: dict
+    grad_accum: int
     scratch: str  # DeepSpeed checkpoints of each phase's best epoch
     dev: Any  # ObjectRef of a pyarrow table: text + label rows, or the labelled dev split with teacher targets
     seed: int = 0
@@ -59,17 +63,24 @@ class TrainSpec:
     tracking_uri: str | None = None
     run_id: str | None = None
     trust_remote_code: bool = False
+    warmup_steps: int = 0
+    checkpoint_every: int | None = None
+    log_every: int = 20
 
 
 def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
     ds = spec.deepspeed
+    zero = {"stage": ds["zero_stage"]}
+    if ds["offload_optimizer"]:
+        zero["offload_optimizer"] = {"device": "cpu"}
     return {
-        "train_batch_size": spec.batch_size * world_size,
+        "train_batch_size": spec.batch_size * world_size * spec.grad_accum,
         "train_micro_batch_size_per_gpu": spec.batch_size,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": spec.grad_accum,
         "gradient_clipping": ds["grad_clip"],
         "optimizer": {"type": "AdamW", "params": {"lr": spec.lr, "weight_decay": 0.01, "torch_adam": True}},
-        "zero_optimization": {"stage": ds["zero_stage"]},
+        "zero_force_ds_cpu_optimizer": False,  # torch's AdamW also with offload: no C++ extension to compile
+        "zero_optimization": zero,
         "bf16": {"enabled": ds["precision"] == "bf16"},
         "fp16": {"enabled": ds["precision"] == "fp16"},
         "steps_per_print": 10**9,
@@ -153,13 +164,19 @@ def worker_loop(config: dict) -> None:
     # ZeRO-3 needs every rank in every forward, so there all ranks score the whole of dev
     sharded = spec.deepspeed["zero_stage"] < 3 and world > 1
     backend = DeepSpeedBackend(engine, spec.scratch, sharded)
+    resume = checkpoints.restore(engine, spec.scratch, rank)
+    if resume is not None and "final" in resume:  # the run had finished: hand its result back
+        ray.train.report({k: v for k, v in resume["final"].items() if k != "history"} | {"final": True},
+                         checkpoint=resume["checkpoint"] if rank == 0 else None)
+        return
     tracker = None
     if rank == 0 and spec.run_id:
         from xdray.tracking import Tracker
 
         tracker = Tracker(spec.tracking_uri)
         tracker.params(spec.run_id, {"params": counts, "world_size": world, "zero_stage": spec.deepspeed["zero_stage"],
-                                     "layer_map": list(built.layer_map)})
+                                     "layer_map": list(built.layer_map), "grad_accum": spec.grad_accum,
+                                     "resumed_from_step": resume["step"] if resume else 0})
 
     student_cfg = spec.student or {}
     phases = expand_stages(spec.stages, len(encoder_blocks(built.module.student)),
@@ -179,10 +196,17 @@ def worker_loop(config: dict) -> None:
         ray.train.report({**plain, "params": counts["total"], "final": False})
 
     def on_step(phase: Phase, step: int, parts: dict) -> None:
-        if tracker and step % LOG_EVERY == 0:
+        if tracker and step % spec.log_every == 0:
             tracker.metrics(spec.run_id, {f"train/{phase.name}/{k}": v.item() for k, v in parts.items()}, step)
 
-    history = run_schedule(backend, phases, objective_for, data, spec.lr, on_epoch, on_step)
+    def on_checkpoint(pos: Position) -> None:
+        checkpoints.save_and_report(engine, spec.scratch, pos, rank, {"params": counts["total"]})
+        if tracker:
+            tracker.metrics(spec.run_id, {"checkpoint/step": pos.step, "checkpoint/phase": pos.phase}, pos.step)
+
+    history = run_schedule(backend, phases, objective_for, data, spec.lr, on_epoch, on_step,
+                           warmup_steps=spec.warmup_steps, checkpoint_every=spec.checkpoint_every,
+                           on_checkpoint=on_checkpoint, resume=resume)
     final = evaluate(backend, objective_for(phases[-1]), data.dev(phases[-1]))
     nodes = [None] * world
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
@@ -191,6 +215,7 @@ def worker_loop(config: dict) -> None:
         "dev_accuracy": final["accuracy"], "params": counts, "history": history, "steps": history[-1]["step"],
         "samples_per_s": sum(r["samples"] for r in history) * world / max(seconds, 1e-9), "world_size": world,
         "worker_nodes": nodes, "layer_map": list(built.layer_map), "phases": [p.name for p in phases],
+        "resumed_from_step": resume["step"] if resume else 0, "grad_accum": spec.grad_accum,
     }
     _report_final(engine, built.tokenizer, summary, rank, spec.deepspeed["zero_stage"])
 
@@ -218,12 +243,13 @@ def _data(spec: TrainSpec, built: Built, device, objective_for, dev_rank: int, d
             batch |= teacher_targets(built.teacher, batch, objective_for(phase))
         return batch
 
-    def train(phase: Phase, epoch: int):
+    def train(phase: Phase, epoch: int, skip: int):
         shard = ray.train.get_dataset_shard(phase.data)
-        for raw in shard.iter_batches(
+        batches = shard.iter_batches(
             batch_size=spec.batch_size, batch_format="numpy",
             local_shuffle_buffer_size=spec.batch_size * 16, local_shuffle_seed=spec.seed + epoch,
-        ):
+        )
+        for raw in itertools.islice(batches, skip, None):  # a resumed epoch skips what it already trained on
             yield with_targets(collate(raw, built.tokenizer, spec.max_length, device), phase)
 
     def dev(phase: Phase) -> list[dict]:
@@ -249,11 +275,22 @@ def _report_final(engine, tokenizer, summary: dict, rank: int, zero_stage: int) 
                 tokenizer.save_pretrained(tmp)
                 Path(tmp, "xdray_train.json").write_text(json.dumps(summary, indent=2))
         checkpoint = Checkpoint.from_directory(tmp) if rank == 0 else None
-        ray.train.report({k: v for k, v in summary.items() if k != "history"} | {"final": True}, checkpoint=checkpoint)
+        metrics = {k: v for k, v in summary.items() if k != "history"}
+        ray.train.report(metrics | {"final": True, "dev_score": summary["dev_accuracy"]}, checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Driver side
+
+
+def run_name(step: str, spec: TrainSpec, trainer_cfg: TrainerConfig, inputs: list[Path]) -> str:
+    """``<step>-<hash>`` of everything that determines the run: a restarted job with the same config and inputs
+    finds its own checkpoints (Ray Train resumes a reused ``RunConfig(name, storage_path)``), a changed one
+    starts afresh instead of resuming someone else's."""
+    plain = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in ("dev", "run_id", "tracking_uri")}
+    key = {"spec": plain, "trainer": trainer_cfg.model_dump(mode="json"),
+           "inputs": {str(p): file_stamp(p) for p in inputs if p.exists()}}
+    return f"{step}-{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]}"
 
 
 def fit(
@@ -264,7 +301,8 @@ def fit(
     name: str,
     callbacks: list | None = None,
 ) -> ray.train.Result:
-    """Run one training job on Ray Train and return its result (raises if the job failed)."""
+    """Run one training job on Ray Train and return its result (raises if the job failed). Workers that die
+    are replaced up to ``max_failures`` times and resume from the last checkpoint."""
     storage.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         worker_loop,
@@ -274,7 +312,12 @@ def fit(
             use_gpu=trainer_cfg.use_gpu,
             resources_per_worker={"CPU": trainer_cfg.cpus_per_worker, **({"GPU": 1} if trainer_cfg.use_gpu else {})},
         ),
-        run_config=RunConfig(name=name, storage_path=str(storage), callbacks=callbacks or []),
+        run_config=RunConfig(
+            name=name, storage_path=str(storage), callbacks=callbacks or [],
+            checkpoint_config=CheckpointConfig(num_to_keep=trainer_cfg.keep_checkpoints,
+                                               checkpoint_score_attribute="dev_score", checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=trainer_cfg.max_failures),
+        ),
         datasets=datasets,
     )
     return trainer.fit()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import torch
@@ -159,11 +159,42 @@ class TorchBackend:
 
 @dataclass
 class Data:
-    """Where a phase's batches come from: ``train(phase, epoch)`` and ``dev(phase)`` yield model-ready batches
-    (inputs, labels and the teacher targets the phase's objective needs)."""
+    """Where a phase's batches come from: ``train(phase, epoch, skip)`` yields the epoch's model-ready batches
+    after its first ``skip`` (a resumed epoch), ``dev(phase)`` the dev batches; both carry inputs, labels and the
+    teacher targets the phase's objective needs."""
 
-    train: Callable[[Phase, int], Iterable[dict]]
+    train: Callable[[Phase, int, int], Iterable[dict]]
     dev: Callable[[Phase], Iterable[dict]]
+
+
+@dataclass
+class Position:
+    """Where the schedule is, as plain JSON data: what a checkpoint needs besides the weights and optimizer
+    state to continue exactly (stage, epoch, batches done in it, early-stopping state, the epoch records)."""
+
+    phase: int = 0
+    epoch: int = 0
+    batch: int = 0
+    """Batches of ``epoch`` already trained: a resumed epoch skips them."""
+    step: int = 0
+    phase_step: int = 0
+    """Steps since the phase began (drives the warmup)."""
+    best: list[float] | None = None
+    """The phase's best dev score so far (None: the phase has not started); its weights are the ``best_tag``."""
+    best_epoch: int = -1
+    bad: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def best_tag(self) -> str | None:
+        """The saved weights a resumed phase needs (its best so far); None between phases."""
+        return f"best-{self.phase}" if self.best is not None else None
+
+    def state(self) -> dict:
+        return asdict(self)
 
 
 def run_schedule(
@@ -174,47 +205,74 @@ def run_schedule(
     lr: float,
     on_epoch: Callable[[dict], None] = lambda record: None,
     on_step: Callable[[Phase, int, dict], None] = lambda phase, step, parts: None,
+    *,
+    warmup_steps: int = 0,
+    checkpoint_every: int | None = None,
+    on_checkpoint: Callable[[Position], None] | None = None,
+    resume: dict | None = None,
 ) -> list[dict]:
     """Train every phase; each keeps the best of its starting weights and its epochs by dev score (restored
     before the next phase). Returns one record per epoch. Selection reads dev only: test data never reaches
-    this function."""
-    history, step = [], 0
-    for index, phase in enumerate(phases):
+    this function.
+
+    ``on_checkpoint`` receives the ``Position`` every ``checkpoint_every`` steps and at each phase end but the
+    last; the caller saves the weights (and the phase's best tag) with it. ``resume`` is such a position's
+    ``state()``: the caller has restored the weights and the best tag, and the schedule continues from there.
+    Each phase's learning rate warms up linearly over its first ``warmup_steps`` steps."""
+    pos = Position(**resume) if resume else Position()
+    for index in range(pos.phase, len(phases)):
+        phase = phases[index]
         trained = set_trainable(backend.optimizer, phase.trainable, lr)
         objective = objective_for(phase)
         stopper = EarlyStopping(phase.patience)
-        tag, last = f"best-{index}", -1
-        # the weights the phase starts from are a candidate too: a phase never ends worse on dev than it began
-        # (the paper restores the best weights between stages)
-        stopper.update(_score(phase, evaluate(backend, objective, data.dev(phase))), -1)
-        backend.save(tag)
-        for epoch in range(phase.epochs):
+        if pos.best is None:
+            # the weights the phase starts from are a candidate too: a phase never ends worse on dev than it
+            # began (the paper restores the best weights between stages)
+            stopper.update(_score(phase, evaluate(backend, objective, data.dev(phase))), -1)
+            backend.save(f"best-{index}")
+        else:
+            stopper.best, stopper.best_epoch, stopper.bad = tuple(pos.best), pos.best_epoch, pos.bad
+        pos.best, pos.best_epoch, pos.bad = list(stopper.best), stopper.best_epoch, stopper.bad
+        tag, last = pos.best_tag, pos.epoch - 1
+        for epoch in range(pos.epoch, phase.epochs):
             backend.model.train()
-            t0, seen, loss_sum, batches = time.perf_counter(), 0, 0.0, 0
-            for batch in data.train(phase, epoch):
+            t0 = time.perf_counter()
+            for batch in data.train(phase, epoch, pos.batch):
+                if pos.phase_step < warmup_steps:
+                    set_trainable(backend.optimizer, phase.trainable, lr * (pos.phase_step + 1) / warmup_steps)
                 parts = objective(backend.model(**model_inputs(batch), **objective.forward_kwargs()), batch)
                 backend.step(parts["total"])
-                step, batches, seen = step + 1, batches + 1, seen + len(batch["input_ids"])
-                loss_sum += parts["total"].item()
-                on_step(phase, step, parts)
-            elapsed = time.perf_counter() - t0
+                pos.step, pos.phase_step, pos.batch = pos.step + 1, pos.phase_step + 1, pos.batch + 1
+                pos.samples += len(batch["input_ids"])
+                pos.loss_sum += parts["total"].item()
+                on_step(phase, pos.step, parts)
+                if on_checkpoint and checkpoint_every and pos.step % checkpoint_every == 0:
+                    pos.seconds += time.perf_counter() - t0
+                    on_checkpoint(pos)
+                    t0 = time.perf_counter()
+            pos.seconds += time.perf_counter() - t0
             dev = evaluate(backend, objective, data.dev(phase))
             last = epoch
             if stopper.update(_score(phase, dev), epoch) and epoch < phase.epochs - 1:
                 backend.save(tag)
             record = {
-                "stage": phase.name, "epoch": epoch, "step": step, "loss": loss_sum / max(batches, 1),
+                "stage": phase.name, "epoch": epoch, "step": pos.step, "loss": pos.loss_sum / max(pos.batch, 1),
                 "dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"], "monitor": phase.monitor,
-                "trained_units": trained, "samples": seen, "seconds": elapsed,
+                "trained_units": trained, "samples": pos.samples, "seconds": pos.seconds,
             }
-            history.append(record)
+            pos.history.append(record)
+            pos.epoch, pos.batch, pos.loss_sum, pos.samples, pos.seconds = epoch + 1, 0, 0.0, 0, 0.0
+            pos.best, pos.best_epoch, pos.bad = list(stopper.best), stopper.best_epoch, stopper.bad
             on_epoch(record)
             if stopper.stop:
                 break
         if stopper.best_epoch != last:
             backend.restore(tag)
-        history[-1]["best_epoch"] = stopper.best_epoch  # -1: no epoch beat the starting weights, which were kept
-    return history
+        pos.history[-1]["best_epoch"] = stopper.best_epoch  # -1: no epoch beat the starting weights, which were kept
+        pos = Position(phase=index + 1, step=pos.step, history=pos.history)
+        if on_checkpoint and index < len(phases) - 1:
+            on_checkpoint(pos)
+    return pos.history
 
 
 @torch.no_grad()
