@@ -85,8 +85,7 @@ def run_teacher(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         t0 = time.perf_counter()
         name = run_name("teacher", spec, tc, [cfg.data.train, cfg.data.dev])
         result = fit(spec, tc, {"train": ray.data.from_items(train.rows())}, out / "ray", name)
-        trained = export_student(result, out / "model")
-        summary = _finish(cfg, tracker, run_id, "teacher", out / "model", trained, test, time.perf_counter() - t0)
+        summary = _finish(cfg, tracker, run_id, "teacher", result, test, time.perf_counter() - t0)
     return summary
 
 
@@ -104,15 +103,16 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         t0 = time.perf_counter()
         name = run_name("distill", spec, dc, [cfg.data.train, cfg.data.dev, cfg.labels_dir / "_manifest.json"])
         result = fit(spec, dc, datasets, out / "ray", name)
-        trained = export_student(result, out / "student")
-        summary = _finish(cfg, tracker, run_id, "distill", out / "student", trained, test, time.perf_counter() - t0)
+        summary = _finish(cfg, tracker, run_id, "distill", result, test, time.perf_counter() - t0)
     return summary
 
 
 def _finish(
-    cfg: XdrayConfig, tracker: Tracker, run_id: str, step: str, model_dir: Path, trained: dict,
-    test: LabeledSplit, seconds: float,
+    cfg: XdrayConfig, tracker: Tracker, run_id: str, step: str, result, test: LabeledSplit, seconds: float,
 ) -> dict:
+    model_dir = cfg.step_dir(step) / ("model" if step == "teacher" else "student")
+    trained = export_student(result, model_dir)
+    checkpoints = [str(c.path) for c, _ in result.best_checkpoints]
     summary = {
         "test_accuracy": test_accuracy(model_dir, test, cfg.data.max_length),
         "dev_accuracy": trained["dev_accuracy"],
@@ -122,6 +122,8 @@ def _finish(
         "worker_nodes": trained["worker_nodes"],
         "seconds": round(seconds, 1),
         "phases": trained["phases"],
+        "resumed_from_step": trained["resumed_from_step"],
+        "checkpoints": checkpoints,
         "history": trained["history"],
         "model_dir": str(model_dir),
         "mlflow_run_id": run_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,10 +86,12 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), subdir)
 
 
-    def log_model(self, run_id: str, model_dir: Path, name: str = "student") -> str:
-        """The exported HF directory as an MLflow ``transformers`` model (text classification) of ``run_id``;
-        returns its URI. Requirements are pinned explicitly: MLflow's inference would import torchvision."""
-        import mlflow
+    def log_model(self, run_id: str, model_dir: Path, name: str = "model") -> str:
+        """The exported HF directory as an MLflow ``transformers`` model (text classification) among the run's
+        artifacts; returns its ``runs:/`` URI (``mlflow.transformers.load_model`` / ``mlflow.pyfunc.load_model``).
+        Saved with the flavor and logged with this client, so no process-wide MLflow state changes.
+        Requirements are pinned here: MLflow's own inference would import torchvision."""
+        import mlflow.transformers
         import torch
         import transformers
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -96,15 +99,11 @@ class Tracker:
         components = {"model": AutoModelForSequenceClassification.from_pretrained(model_dir),
                       "tokenizer": AutoTokenizer.from_pretrained(model_dir)}
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)  # the fluent API is the only one that logs a model to a given run
-        try:
-            with mlflow.start_run(run_id=run_id):
-                info = mlflow.transformers.log_model(components, name=name, task="text-classification",
-                                                     pip_requirements=requirements)
-        finally:
-            mlflow.set_tracking_uri(previous)
-        return info.model_uri
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.transformers.save_model(components, f"{tmp}/{name}", task="text-classification",
+                                           pip_requirements=requirements)
+            self.client.log_artifacts(run_id, f"{tmp}/{name}", name)
+        return f"runs:/{run_id}/{name}"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

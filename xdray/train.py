@@ -175,8 +175,9 @@ def worker_loop(config: dict) -> None:
 
         tracker = Tracker(spec.tracking_uri)
         tracker.params(spec.run_id, {"params": counts, "world_size": world, "zero_stage": spec.deepspeed["zero_stage"],
-                                     "layer_map": list(built.layer_map), "grad_accum": spec.grad_accum,
-                                     "resumed_from_step": resume["step"] if resume else 0})
+                                     "layer_map": list(built.layer_map), "grad_accum": spec.grad_accum})
+        if resume:  # a metric, not a param: params are immutable and a run may resume more than once
+            tracker.metrics(spec.run_id, {"resumed_from_step": resume["step"]}, resume["step"])
 
     student_cfg = spec.student or {}
     phases = expand_stages(spec.stages, len(encoder_blocks(built.module.student)),
