@@ -106,7 +106,11 @@ def tiny_config(task: dict, output_dir: Path, **sections) -> dict:
             ],
             "workers": 2, "batch_size": 16, "lr": 5.0e-3,
         },
-        "search": {"layers": [1, 2], "hidden": [16], "head_size": 8, "max_concurrent_trials": 2},
+        "search": {  # both depths, in this order: the points are evaluated first
+            "space": {"layers": [1, 2], "hidden": [16], "heads": [2]}, "num_samples": 2, "max_concurrent_trials": 2,
+            "points_to_evaluate": [{"layers": 1, "hidden": 16, "heads": 2}, {"layers": 2, "hidden": 16, "heads": 2}],
+            "latency": {"sentences": 16},
+        },
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value

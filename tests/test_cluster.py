@@ -108,7 +108,8 @@ def test_submit_follow_runs_the_pipeline_and_logs_over_http(head, mlflow_server,
                                                             capsys):
     out = tmp_path / "out"
     cfg = tiny_config(tiny_task, out, mlflow={"tracking_uri": mlflow_server["uri"], "experiment": "xdray-submit"},
-                      search={"layers": [1], "hidden": [16], "head_size": 8})
+                      search={"space": {"layers": [1], "hidden": [16], "heads": [2]}, "num_samples": 1,
+                              "points_to_evaluate": []})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(cfg))
     assert main(["submit", str(job), "--address", head["address"], "--follow"]) == 0

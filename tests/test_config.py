@@ -71,8 +71,15 @@ BAD = [
         [{"name": "x", "data": "train", "loss": "ce"}, {"name": "x", "data": "train", "loss": "ce"}],
         "stage names must be unique",
     ),
-    ("search.hidden", [100], "hidden=100 is not a multiple of head_size=64"),
-    ("search.layers", [], "search.layers: List should have at least 1 item"),
+    ("search.space.hidden", [15], "no head count in heads=[2] divides hidden=15"),
+    ("search.space.layers", [], "search.space.layers: List should have at least 1 item"),
+    ("search.space.embedding_factor", [0.25], "embedding_factor=0.25 with hidden=16 gives embedding size 4"),
+    ("search.objectives", ["latency_ms"], "fix: use [dev_accuracy] or [dev_accuracy, latency_ms|params]"),
+    ("search.asha", {"grace_period": 1}, "asha stops trials by one metric"),
+    ("search.points_to_evaluate", [{"layers": 3}], "layers=3 is not among the space's choices [1, 2]"),
+    ("search.points_to_evaluate", [{"depth": 1}], "unknown dimension depth"),
+    ("search.space.embedding_factor", [0.5], "search.space with distill.student gives an invalid student: "
+     "init=teacher-layers copies BERT blocks, which needs embedding_size == hidden"),
     ("label.cpus_per_actor", 0, "label.cpus_per_actor: Input should be greater than 0"),
     ("data.max_length", 2, "data.max_length: Input should be greater than or equal to 8"),
 ]
@@ -80,8 +87,8 @@ BAD = [
 
 @pytest.mark.parametrize("key,value,expected", BAD, ids=[b[0] + "=" + str(b[1])[:20] for b in BAD])
 def test_bad_configs_each_give_one_clear_line(raw, key, value, expected):
-    if key == "search.hidden":
-        raw["search"]["head_size"] = 64
+    if key == "search.space.embedding_factor" and value == [0.5]:
+        raw["distill"]["student"]["init"] = "teacher-layers"
     if key == "distill.deepspeed.offload_optimizer":
         raw["distill"]["deepspeed"] = {"zero_stage": 0}
     if key in ("distill.checkpoint_every", "search.workers_per_trial"):

@@ -79,10 +79,11 @@ def test_progressive_student_loads_with_auto_classes_and_improved_each_stage(pip
 def test_search_ran_every_architecture_on_the_same_parquet(pipeline_run):
     _, out = pipeline_run
     summary = json.loads((out / "search" / "summary.json").read_text())
-    assert sorted(t["arch"] for t in summary["trials"]) == ["L1-H16-A2", "L2-H16-A2"]
-    assert summary["teacher_forwards"] == 0
+    assert sorted(t["arch"] for t in summary["trials"]) == ["L1-H16-A2-F64", "L2-H16-A2-F64"]
+    assert summary["teacher_forwards"] == 0 and summary["completed"] == 2
     best = AutoModelForSequenceClassification.from_pretrained(out / "search" / "best_student")
-    assert best.config.num_hidden_layers == {"L1-H16-A2": 1, "L2-H16-A2": 2}[summary["best"]["arch"]]
+    assert best.config.num_hidden_layers == {"L1-H16-A2-F64": 1, "L2-H16-A2-F64": 2}[summary["best"]["arch"]]
+    assert summary["pareto"] and (out / "search" / "pareto.png").stat().st_size > 1000
 
 
 def test_mlflow_holds_parent_child_and_trial_runs(pipeline_run):

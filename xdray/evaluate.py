@@ -17,20 +17,41 @@ def test_accuracy(model_dir: Path, split: LabeledSplit, max_length: int) -> floa
     return accuracy(predict(model, tokenizer, split.texts, max_length, pairs=split.pairs), split.labels)
 
 
+def cpu_latency_ms(model_dir: Path, texts: list[str], max_length: int, threads: int = 1) -> float:
+    """Milliseconds per sentence at batch size 1 on ``threads`` CPU threads (how a small service runs)."""
+    return latency_ms(model_dir, texts, max_length, [1], threads)[1]
+
+
 @torch.inference_mode()
-def cpu_latency_ms(model_dir: Path, texts: list[str], max_length: int, threads: int = 1, warmup: int = 5) -> float:
-    """Mean milliseconds per sentence at batch size 1 on ``threads`` CPU threads (how a small service runs)."""
+def latency_ms(model_dir: Path, texts: list[str], max_length: int, batch_sizes: list[int], threads: int = 1,
+               device: str = "cpu", warmup: int = 5, repeats: int = 3) -> dict[int, float]:
+    """Milliseconds per sentence for each batch size: the fastest of ``repeats`` passes over ``texts`` (in
+    order, padded per batch), after ``warmup`` batches. The minimum is the least disturbed by other work."""
     model, tokenizer = load_classifier(str(model_dir))
-    model.eval()
-    encoded = [tokenizer(t, truncation=True, max_length=max_length, return_tensors="pt") for t in texts]
+    model.eval().to(device)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for enc in encoded[:warmup]:
-            model(**enc)
-        t0 = time.perf_counter()
-        for enc in encoded:
-            model(**enc)
-        return (time.perf_counter() - t0) * 1000 / len(encoded)
+        out = {}
+        for size in batch_sizes:
+            batches = [tokenizer(texts[i:i + size], truncation=True, max_length=max_length, padding=True,
+                                 return_tensors="pt").to(device) for i in range(0, len(texts), size)]
+            for enc in (batches * warmup)[:warmup]:
+                model(**enc)
+            passes = []
+            for _ in range(repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                for enc in batches:
+                    model(**enc)
+                _sync(device)
+                passes.append(time.perf_counter() - t0)
+            out[size] = min(passes) * 1000 / len(texts)
+        return out
     finally:
         torch.set_num_threads(previous)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

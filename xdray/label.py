@@ -48,8 +48,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
-def check_labels(cfg: XdrayConfig, student_layers: list[int]) -> None:
-    """Refuse labelled data that does not fit this distillation, before any worker starts."""
+def check_labels(cfg: XdrayConfig, student_layers: list[int], hidden: bool) -> None:
+    """Refuse labelled data that does not fit this distillation (``hidden``: it uses the hidden loss), before
+    any worker starts."""
     path = cfg.labels_dir / "_manifest.json"
     manifest = json.loads(path.read_text())
     relabel = "fix: relabel with `xdray label`"
@@ -66,7 +67,7 @@ def check_labels(cfg: XdrayConfig, student_layers: list[int]) -> None:
     if manifest.get("pairs") != cfg.data.pairs:
         raise XdrayError(f"distill.labels: labelled with data.pairs={manifest.get('pairs')}, the config has "
                          f"{cfg.data.pairs}; {relabel} or fix data.pairs")
-    if cfg.distill.teacher_mode == "offline" and cfg.distill.uses_hidden:
+    if cfg.distill.teacher_mode == "offline" and hidden:
         need = hidden_layers_needed(cfg, manifest["teacher_layers"], student_layers)
         if not set(need) <= set(manifest["hidden_layers"]):
             raise XdrayError(
@@ -88,9 +89,9 @@ def hidden_layers_to_store(cfg: XdrayConfig, teacher_layers: int) -> list[int]:
     mode = cfg.label.hidden_states
     if mode == "all":
         return list(range(teacher_layers + 1))
-    if mode == "none" or not cfg.distill.uses_hidden or cfg.distill.teacher_mode == "online":
+    if mode == "none" or not cfg.uses_hidden or cfg.distill.teacher_mode == "online":
         return []
-    return hidden_layers_needed(cfg, teacher_layers, [cfg.distill.student.layers, *cfg.search.layers])
+    return hidden_layers_needed(cfg, teacher_layers, [cfg.distill.student.layers, *cfg.search.space.layers])
 
 
 def file_digest(paths: list[Path]) -> str:

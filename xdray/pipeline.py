@@ -26,7 +26,7 @@ def _step_fn(step: str):
 
         return run_label
     if step == "search":
-        from xdray.search import run_search
+        from xdray.search.run import run_search
 
         return run_search
     from xdray.steps import run_distill, run_teacher

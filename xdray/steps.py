@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from xdray.config import StageConfig, StudentConfig, TrainerConfig, XdrayConfig
 from xdray.data.tables import LabeledSplit, load_splits
@@ -28,7 +28,7 @@ from xdray.train import TrainSpec, export_student, fit, run_name
 
 def make_spec(
     cfg: XdrayConfig, trainer: TrainerConfig, role: str, init: str, stages: list[dict], num_labels: int,
-    dev: pa.Table, scratch: Path, run_id: str, student: StudentConfig | None = None,
+    dev: pa.Table, scratch: Path, run_id: str, student: StudentConfig | None = None, student_dir: Path | None = None,
 ) -> TrainSpec:
     return TrainSpec(
         role=role, init=init, stages=stages, num_labels=num_labels, max_length=cfg.data.max_length,
@@ -38,6 +38,7 @@ def make_spec(
         scratch=str(scratch), dev=ray.put(dev), seed=cfg.seed, student=student.model_dump() if student else None,
         representation=cfg.distill.representation.model_dump(), teacher_mode=cfg.distill.teacher_mode,
         tracking_uri=tracking_uri(cfg), run_id=run_id, trust_remote_code=cfg.teacher.trust_remote_code,
+        student_dir=str(student_dir) if student_dir else None,
     )
 
 
@@ -56,17 +57,20 @@ def student_data(cfg: XdrayConfig, train: LabeledSplit, dev: LabeledSplit, stage
     if "train" in sources:
         datasets["train"] = ray.data.from_items(train.rows())
     if "transfer" in sources:
-        check_labels(cfg, student_layers)
+        check_labels(cfg, student_layers, any("hidden" in s["loss"] for s in stages))
         datasets["transfer"] = ray.data.read_parquet(str(cfg.labels_dir / "transfer"), file_extensions=["parquet"])
         if cfg.distill.teacher_mode == "offline":
             dev_table = pq.read_table(cfg.labels_dir / "dev")
     return datasets, dev_table
 
 
-def _check_student(cfg: XdrayConfig, student: StudentConfig) -> None:
-    teacher = AutoConfig.from_pretrained(cfg.teacher_dir)
+def check_student_fits(cfg: XdrayConfig, student: StudentConfig, hidden: bool,
+                       teacher: PretrainedConfig | None = None) -> None:
+    """The student's init and depth suit the teacher (``hidden``: it trains with the hidden loss); one line,
+    before any worker starts."""
+    teacher = teacher or AutoConfig.from_pretrained(cfg.teacher_dir)
     check_student(student, teacher)
-    if student.layers > teacher.num_hidden_layers and cfg.distill.uses_hidden:
+    if student.layers > teacher.num_hidden_layers and hidden:
         raise XdrayError(
             f"distill.student.layers={student.layers}: the hidden loss maps student layers onto the teacher's "
             f"{teacher.num_hidden_layers}; fix: use at most {teacher.num_hidden_layers} layers"
@@ -94,7 +98,7 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
     out = cfg.step_dir("distill")
     dc = cfg.distill
     stages = [s.model_dump() for s in dc.stages]
-    _check_student(cfg, dc.student)
+    check_student_fits(cfg, dc.student, dc.uses_hidden)
     datasets, dev_table = student_data(cfg, train, dev, stages, [dc.student.layers])
     with tracker.run(cfg, "distill", parent) as run_id:
         tracker.params(run_id, {"distill": dc.model_dump(mode="json"), "teacher": str(cfg.teacher_dir)})

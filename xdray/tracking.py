@@ -19,6 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from xdray.config import XdrayConfig
 
+KEY_TAG = "xdray.key"
+
 
 def tracking_uri(cfg: XdrayConfig) -> str:
     """The config's URI, else MLflow's own MLFLOW_TRACKING_URI, else a SQLite store in the output directory."""
@@ -52,17 +54,28 @@ class Tracker:
         return cls(tracking_uri(cfg))
 
     @contextmanager
-    def run(self, cfg: XdrayConfig, name: str, parent: str | None = None) -> Iterator[str]:
-        """Open a run (a child of ``parent`` if given); it ends FINISHED, or FAILED if the body raises."""
-        tags = {"mlflow.parentRunId": parent} if parent else {}
-        run = self.client.create_run(experiment_id(self.client, cfg), run_name=name, tags=tags)
-        run_id = run.info.run_id
+    def run(self, cfg: XdrayConfig, name: str, parent: str | None = None, key: str | None = None) -> Iterator[str]:
+        """Open a run (a child of ``parent`` if given); it ends FINISHED, or FAILED if the body raises. With a
+        ``key``, a run opened earlier with the same key is reopened instead (a resumed search and its trials)."""
+        run_id = self.find(cfg, key) if key else None
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            tags = {"mlflow.parentRunId": parent} if parent else {}
+            if key:
+                tags[KEY_TAG] = key
+            run_id = self.client.create_run(experiment_id(self.client, cfg), run_name=name, tags=tags).info.run_id
         try:
             yield run_id
         except BaseException:
             self.client.set_terminated(run_id, "FAILED")
             raise
         self.client.set_terminated(run_id, "FINISHED")
+
+    def find(self, cfg: XdrayConfig, key: str) -> str | None:
+        runs = self.client.search_runs([experiment_id(self.client, cfg)], f"tags.`{KEY_TAG}` = '{key}'",
+                                       max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def params(self, run_id: str, params: dict) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
@@ -84,7 +97,6 @@ class Tracker:
             self.client.log_artifacts(run_id, str(path), subdir)
         else:
             self.client.log_artifact(run_id, str(path), subdir)
-
 
     def log_model(self, run_id: str, model_dir: Path, name: str = "model") -> str:
         """The exported HF directory as an MLflow ``transformers`` model (text classification) among the run's

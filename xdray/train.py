@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from transformers import AutoConfig
 
 from xdray.config import RepresentationConfig, StudentConfig, TrainerConfig
 from xdray.distill.batches import collate, table_batches
@@ -66,6 +67,7 @@ class TrainSpec:
     warmup_steps: int = 0
     checkpoint_every: int | None = None
     log_every: int = 20
+    student_dir: str | None = None  # a student already built (search trials): workers never load the teacher
 
 
 def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
@@ -94,6 +96,18 @@ class Built:
     tokenizer: object
     teacher: torch.nn.Module | None  # kept only for the online mode
     layer_map: tuple[int, ...]
+    teacher_forwards: list[int] = field(default_factory=lambda: [0])
+
+
+def count_forwards(model: torch.nn.Module) -> list[int]:
+    """A counter of ``model``'s forward calls (one cell, updated by a hook): how many teacher passes ran."""
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    model.register_forward_pre_hook(hook)
+    return calls
 
 
 def _uses(spec: TrainSpec, loss: str) -> bool:
@@ -104,21 +118,26 @@ def _build(spec: TrainSpec) -> Built:
     if spec.role == "teacher":
         model, tokenizer = load_classifier(spec.init, spec.num_labels, spec.trust_remote_code)
         return Built(DistillModule(model, None, 0), tokenizer, None, ())
-    teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code)
     student_cfg = StudentConfig(**spec.student)
-    student = build_student(student_cfg, teacher, spec.num_labels, spec.seed)
+    keep = spec.teacher_mode == "online" and any(s["data"] == "transfer" for s in spec.stages)
+    if spec.student_dir and not keep:  # built by the search trial: only the teacher's config is read here
+        student, tokenizer = load_classifier(spec.student_dir)
+        teacher, teacher_config = None, AutoConfig.from_pretrained(spec.init)
+    else:
+        teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code)
+        student, teacher_config = build_student(student_cfg, teacher, spec.num_labels, spec.seed), teacher.config
     rep = spec.representation
-    mapping = tuple(layer_map(student_cfg.layers, teacher.config.num_hidden_layers, rep["layer_map"]))
+    mapping = tuple(layer_map(student_cfg.layers, teacher_config.num_hidden_layers, rep["layer_map"]))
     attention_maps = _uses(spec, "attention") and rep["attention"] == "mean_heads"
     if attention_maps:  # fused attention kernels return no attention probabilities
         for model in (student, teacher):
             model.set_attn_implementation("eager")
     states = len(mapping) if _uses(spec, "hidden") else 0
-    module = DistillModule(student, teacher.config.hidden_size, states)
-    keep = spec.teacher_mode == "online" and any(s["data"] == "transfer" for s in spec.stages)
-    if keep:
-        teacher.eval().requires_grad_(False)
-    return Built(module, tokenizer, teacher if keep else None, mapping)
+    module = DistillModule(student, teacher_config.hidden_size, states)
+    if not keep:
+        return Built(module, tokenizer, None, mapping)
+    teacher.eval().requires_grad_(False)
+    return Built(module, tokenizer, teacher, mapping, count_forwards(teacher))
 
 
 class DeepSpeedBackend:
@@ -194,7 +213,8 @@ def worker_loop(config: dict) -> None:
                 f"train/{name}/epoch_loss": record["loss"], "train/samples_per_s": record["samples_per_s"],
             }, record["step"])
         plain = {k: v for k, v in record.items() if not isinstance(v, list)}
-        ray.train.report({**plain, "params": counts["total"], "final": False})
+        ray.train.report({**plain, "params": counts["total"], "teacher_forwards": built.teacher_forwards[0],
+                          "final": False})
 
     def on_step(phase: Phase, step: int, parts: dict) -> None:
         if tracker and step % spec.log_every == 0:
@@ -217,6 +237,7 @@ def worker_loop(config: dict) -> None:
         "samples_per_s": sum(r["samples"] for r in history) * world / max(seconds, 1e-9), "world_size": world,
         "worker_nodes": nodes, "layer_map": list(built.layer_map), "phases": [p.name for p in phases],
         "resumed_from_step": resume["step"] if resume else 0, "grad_accum": spec.grad_accum,
+        "teacher_forwards": built.teacher_forwards[0],
     }
     _report_final(engine, built.tokenizer, summary, rank, spec.deepspeed["zero_stage"])
 

@@ -1,0 +1,2 @@
+"""Student architecture search: the space (``space``), one trial (``trial``), the front (``pareto``), the
+Tune experiment around them (``run``)."""

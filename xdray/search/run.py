@@ -1,0 +1,208 @@
+"""`xdray search`: Ray Tune over student architectures, every trial a distillation on the same Parquet.
+
+Optuna samples the space (two objectives: accuracy and measured latency or size, giving a Pareto front; one
+objective: accuracy, optionally with ASHA stopping weak trials). The Tune experiment is named by everything
+that decides what trials train, so rerunning the same command after an interruption restores it
+(``Tuner.restore``): finished trials are not rerun, unfinished ones resume from their Ray Train checkpoints.
+The budget only chooses among finished trials, so changing it reruns nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+
+import ray
+from ray import tune
+from transformers import AutoConfig
+
+from xdray.config import OBJECTIVES, XdrayConfig
+from xdray.data.tables import load_splits
+from xdray.errors import XdrayError
+from xdray.evaluate import latency_ms
+from xdray.runtime import file_stamp, replace_dir, staging_dir, write_json, write_summary
+from xdray.search import pareto
+from xdray.search.space import candidate, define, every_candidate, stages, to_params
+from xdray.search.trial import TrialContext, make_trial
+from xdray.steps import check_student_fits, student_data
+from xdray.tracking import Tracker
+
+# The trial function only waits on its TorchTrainer, whose workers hold the real CPUs; Tune rejects 0.
+TRIAL_DRIVER_CPUS = 0.1
+
+
+def experiment_name(cfg: XdrayConfig) -> str:
+    """``search-<hash>`` of what decides the trials (not the budget or the concurrency)."""
+    search = cfg.search.model_dump(mode="json", exclude={"budget", "max_concurrent_trials"})
+    key = {"search": search, "distill": cfg.distill.model_dump(mode="json"), "seed": cfg.seed,
+           "inputs": {str(p): file_stamp(p) for p in (cfg.data.train, cfg.data.dev, cfg.labels_dir / "_manifest.json")
+                      if p.exists()}}
+    return f"search-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
+def _check_space(cfg: XdrayConfig) -> list:
+    """Every student the space can produce is checked against the teacher before any trial starts."""
+    if cfg.distill.teacher_mode == "online":
+        raise XdrayError("search trials read the stored teacher outputs and never run the teacher; "
+                         "fix: set distill.teacher_mode: offline for the search")
+    for name, schedule in cfg.search_schedules().items():
+        if any("attention" in s.loss for s in schedule):
+            raise XdrayError(f"search schedule {name}: the attention loss needs the teacher in the workers; "
+                             "fix: use hidden/logits losses in search schedules")
+    candidates = every_candidate(cfg)  # valid students: the config checked them at load time
+    teacher = AutoConfig.from_pretrained(cfg.teacher_dir)
+    hidden = {name: any("hidden" in s.loss for s in schedule) for name, schedule in cfg.search_schedules().items()}
+    for c in candidates:
+        check_student_fits(cfg, c.student, hidden[c.schedule], teacher)
+    return candidates
+
+
+def _concurrency(cfg: XdrayConfig) -> int:
+    if cfg.search.max_concurrent_trials:
+        return cfg.search.max_concurrent_trials
+    t = cfg.search_trainer()
+    free = ray.cluster_resources()
+    if t.use_gpu:
+        return max(1, int(free.get("GPU", 0) // t.workers))
+    return max(1, int(free.get("CPU", 1) // (t.workers * t.cpus_per_worker)))
+
+
+def _tuner(cfg: XdrayConfig, trainable, name: str) -> tuple[tune.Tuner, bool]:
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = cfg.step_dir("search") / "ray"
+    trainable = tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPUS})
+    if tune.Tuner.can_restore(str(storage / name)):
+        return tune.Tuner.restore(str(storage / name), trainable, resume_unfinished=True, resume_errored=True), True
+    sc = cfg.search
+    sampler = (optuna.samplers.TPESampler if sc.sampler == "tpe" else optuna.samplers.RandomSampler)(seed=cfg.seed)
+    single = len(sc.objectives) == 1
+    searcher = OptunaSearch(
+        space=define(sc.space, list(cfg.search_schedules())), sampler=sampler,
+        metric=sc.objectives[0] if single else list(sc.objectives),
+        mode=OBJECTIVES[sc.objectives[0]] if single else [OBJECTIVES[o] for o in sc.objectives],
+        points_to_evaluate=[to_params(p) for p in sc.points_to_evaluate] or None,
+    )
+    scheduler = None
+    if sc.asha:
+        scheduler = ASHAScheduler(metric="dev_accuracy", mode="max", time_attr="training_iteration",
+                                  grace_period=sc.asha.grace_period, reduction_factor=sc.asha.reduction_factor,
+                                  max_t=sc.asha.max_t)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=sc.num_samples,
+                                    max_concurrent_trials=_concurrency(cfg)),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
+    )
+    return tuner, False
+
+
+def _trials(cfg: XdrayConfig, grid, ctx: TrialContext) -> list[dict]:
+    trials = []
+    for r in grid:
+        m = r.metrics or {}
+        cand = candidate(r.config, cfg)
+        status = ("error" if r.error else "duplicate" if m.get("duplicate_of")
+                  else "completed" if m.get("final") else "stopped")
+        trial_id = m.get("trial_id") or r.path.rsplit("/", 1)[-1]  # Tune adds trial_id to every result
+        record = {"trial_id": trial_id, **cand.describe(), "status": status,
+                  "iterations": m.get("training_iteration", 0), "seconds": round(m.get("time_total_s", 0.0), 1),
+                  "teacher_forwards": m.get("teacher_forwards", 0)}
+        for key in ("dev_accuracy", "params", "latency_ms", "duplicate_of"):
+            if key in m:
+                record[key] = m[key]
+        if status == "completed":
+            record["student_dir"] = str(ctx.out / "trials" / trial_id / "student")
+        if status == "error":
+            record["error"] = str(r.error).splitlines()[0][:300]
+        trials.append(record)
+    return trials
+
+
+def _remeasure(ctx: TrialContext, completed: list[dict]) -> None:
+    """Latency again, one student at a time with nothing else running: the figures the front is drawn from
+    (trials measured theirs while other trials trained)."""
+    lat = ctx.cfg.search.latency
+    for t in completed:
+        ms = latency_ms(t["student_dir"], ctx.latency_texts, ctx.cfg.data.max_length, lat.batch_sizes,
+                        lat.threads, lat.device)
+        t["latency_ms_search"] = t["latency_ms"]
+        t["latency_ms"] = round(ms[lat.batch_sizes[0]], 4)
+        t.update({f"latency_ms_b{b}": round(v, 4) for b, v in ms.items()})
+
+
+def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
+    out = cfg.step_dir("search")
+    sc = cfg.search
+    candidates = _check_space(cfg)
+    train, dev, _ = load_splits(cfg)
+    every_stage = [s for name in cfg.search_schedules() for s in stages(cfg, name)]
+    datasets, dev_table = student_data(cfg, train, dev, every_stage, sorted({c.student.layers for c in candidates}))
+    name = experiment_name(cfg)
+
+    with tracker.run(cfg, "search", parent, key=name) as search_run:
+        tracker.params(search_run, {"search": sc.model_dump(mode="json", exclude={"budget"}), "experiment": name,
+                                    "space_size": len(candidates)})
+        ctx = TrialContext(cfg, tracker, search_run, name, cfg.search_trainer(), datasets, dev_table,
+                           max(train.labels) + 1, dev.texts[:sc.latency.sentences])
+        tuner, resumed = _tuner(cfg, make_trial(ctx), name)
+        t0 = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - t0
+
+        trials = _trials(cfg, grid, ctx)
+        completed = [t for t in trials if t["status"] == "completed"]
+        for t in trials:
+            run_id = tracker.find(cfg, ctx.run_key(t["trial_id"]))
+            if run_id and t["status"] == "stopped":  # ASHA killed its actor before the run could end itself
+                tracker.client.set_tag(run_id, "xdray.stopped_early", "true")
+                tracker.client.set_terminated(run_id, "KILLED")
+        if not completed:
+            raise XdrayError(f"no search trial completed ({', '.join(t['status'] for t in trials)}); the first "
+                             f"error: {next((t['error'] for t in trials if 'error' in t), 'none')}")
+        _remeasure(ctx, completed)
+        for t in completed:
+            run_id = tracker.find(cfg, ctx.run_key(t["trial_id"]))
+            if run_id:
+                tracker.metrics(run_id, {k: v for k, v in t.items() if k.startswith("latency_ms")})
+        front = pareto.pareto_front(completed, sc.objectives)
+        chosen = pareto.choose(completed, sc.budget)
+        x = "params" if "params" in sc.objectives else "latency_ms"
+        table_path = out / "pareto.md"
+        table_path.write_text(pareto.table(trials, front, chosen) + "\n")
+        plot_path = pareto.plot(trials, front, chosen, x, out / "pareto.png")
+        write_json(out / "trials.json", trials)
+        for path in (table_path, plot_path, out / "trials.json"):
+            tracker.artifact(search_run, path)
+        if chosen is None:
+            b = sc.budget
+            fastest = min(completed, key=lambda t: t["latency_ms"])
+            raise XdrayError(
+                f"no completed trial fits search.budget (latency_ms <= {b.latency_ms}, params <= {b.params}); the "
+                f"fastest is {fastest['arch']} at {fastest['latency_ms']:.3g} ms with {fastest['params']} params; "
+                f"fix: raise the budget and rerun (finished trials are not rerun; see {table_path})"
+            )
+        tmp = staging_dir(out / "best_student")
+        shutil.copytree(chosen["student_dir"], tmp)
+        replace_dir(tmp, out / "best_student")
+        keep = ("trial_id", "arch", "dev_accuracy", "latency_ms", "params")
+        summary = {
+            "objectives": sc.objectives, "experiment": name, "resumed": resumed,
+            "trials": trials, "pareto": [{k: t[k] for k in keep + tuple(k for k in t if k.startswith("latency_ms_b"))}
+                                         for t in front],
+            "best": {k: chosen[k] for k in keep}, "budget": sc.budget.model_dump(),
+            "best_student_dir": str(out / "best_student"),
+            "teacher_forwards": sum(t["teacher_forwards"] for t in trials),
+            "completed": len(completed), "stopped": sum(t["status"] == "stopped" for t in trials),
+            "wall_seconds": round(wall, 1), "sum_trial_seconds": round(sum(t["seconds"] for t in trials), 1),
+            "pareto_plot": str(plot_path), "pareto_table": str(table_path), "mlflow_run_id": search_run,
+        }
+        tracker.metrics(search_run, {"best_dev_accuracy": chosen["dev_accuracy"], "trials": len(trials),
+                                     "front_size": len(front), "teacher_forwards": summary["teacher_forwards"],
+                                     "wall_seconds": summary["wall_seconds"]})
+        tracker.artifact(search_run, write_summary(cfg, "search", summary))
+    return summary
