@@ -135,6 +135,7 @@ def test_online_teacher_attention_and_token_losses_with_a_factorized_student(pip
                  "--set", "distill.student={layers: 1, hidden: 16, heads: 4, embedding_size: 8}"]) == 0
     after = json.loads((out / "distill" / "summary.json").read_text())
     assert after["mlflow_run_id"] != before["mlflow_run_id"]
+    assert after["teacher_forwards"] > 0 == before["teacher_forwards"]  # online: the counter sees the teacher run
     assert [h["stage"] for h in after["history"]] == ["rep", "rep", "labels"]
     rep = [h["dev_loss"] for h in after["history"] if h["stage"] == "rep"]
     assert rep[1] < rep[0]

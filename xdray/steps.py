@@ -127,6 +127,7 @@ def _finish(
         "seconds": round(seconds, 1),
         "phases": trained["phases"],
         "resumed_from_step": trained["resumed_from_step"],
+        "teacher_forwards": trained["teacher_forwards"],
         "checkpoints": checkpoints,
         "history": trained["history"],
         "model_dir": str(model_dir),

@@ -96,6 +96,7 @@ class Built:
     tokenizer: object
     teacher: torch.nn.Module | None  # kept only for the online mode
     layer_map: tuple[int, ...]
+    teacher_loaded: bool = True
     teacher_forwards: list[int] = field(default_factory=lambda: [0])
 
 
@@ -130,12 +131,12 @@ def _build(spec: TrainSpec) -> Built:
     mapping = tuple(layer_map(student_cfg.layers, teacher_config.num_hidden_layers, rep["layer_map"]))
     attention_maps = _uses(spec, "attention") and rep["attention"] == "mean_heads"
     if attention_maps:  # fused attention kernels return no attention probabilities
-        for model in (student, teacher):
+        for model in (m for m in (student, teacher) if m is not None):
             model.set_attn_implementation("eager")
     states = len(mapping) if _uses(spec, "hidden") else 0
     module = DistillModule(student, teacher_config.hidden_size, states)
     if not keep:
-        return Built(module, tokenizer, None, mapping)
+        return Built(module, tokenizer, None, mapping, teacher_loaded=teacher is not None)
     teacher.eval().requires_grad_(False)
     return Built(module, tokenizer, teacher, mapping, count_forwards(teacher))
 
@@ -237,7 +238,7 @@ def worker_loop(config: dict) -> None:
         "samples_per_s": sum(r["samples"] for r in history) * world / max(seconds, 1e-9), "world_size": world,
         "worker_nodes": nodes, "layer_map": list(built.layer_map), "phases": [p.name for p in phases],
         "resumed_from_step": resume["step"] if resume else 0, "grad_accum": spec.grad_accum,
-        "teacher_forwards": built.teacher_forwards[0],
+        "teacher_forwards": built.teacher_forwards[0], "teacher_loaded": built.teacher_loaded,
     }
     _report_final(engine, built.tokenizer, summary, rank, spec.deepspeed["zero_stage"])
 
