@@ -106,7 +106,9 @@ def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
                 _must_exist(source.path, f"data.transfer[{i}]")
     if ({"label", "distill", "search"} & set(steps)) and "teacher" not in steps:
         _must_exist(cfg.teacher_dir / "config.json", "label.teacher", "run `xdray teacher` first or set label.teacher")
-    if ({"distill", "search"} & set(steps)) and "label" not in steps:
+    transfer = {"distill": any(s.data == "transfer" for s in cfg.distill.stages),
+                "search": any(s.data == "transfer" for stages in cfg.search_schedules().values() for s in stages)}
+    if any(transfer.get(step) for step in steps) and "label" not in steps:  # stages that read the labelled Parquet
         _must_exist(cfg.labels_dir / "_manifest.json", "distill.labels", "run `xdray label` first or set distill.labels")
 
 

@@ -118,7 +118,7 @@ def _trials(cfg: XdrayConfig, grid, ctx: TrialContext) -> list[dict]:
         if status == "completed":
             record["student_dir"] = str(ctx.out / "trials" / trial_id / "student")
         if status == "error":
-            record["error"] = str(r.error).splitlines()[0][:300]
+            record["error"] = str(r.error).strip().splitlines()[-1][:300]  # the exception, not the actor banner
         trials.append(record)
     return trials
 

@@ -47,10 +47,15 @@ def _heads_name(hidden: int) -> str:
     return f"heads@{hidden}"
 
 
-def define(space: SearchSpace, schedules: list[str]):
-    """Optuna's define-by-run function for this space (categorical dimensions)."""
+class define:  # noqa: N801 - used like a function: define(space, schedules)(trial)
+    """Optuna's define-by-run function for this space (categorical dimensions). A class, not a closure: Tune
+    pickles the searcher, this with it, into the experiment's state."""
 
-    def sample(trial) -> None:
+    def __init__(self, space: SearchSpace, schedules: list[str]):
+        self.space, self.schedules = space, schedules
+
+    def __call__(self, trial) -> None:
+        space = self.space
         trial.suggest_categorical("layers", space.layers)
         hidden = trial.suggest_categorical("hidden", space.hidden)
         trial.suggest_categorical(_heads_name(hidden), space.heads_for(hidden))
@@ -58,10 +63,8 @@ def define(space: SearchSpace, schedules: list[str]):
         trial.suggest_categorical("embedding_factor", space.embedding_factor)
         if space.lr:
             trial.suggest_categorical("lr", space.lr)
-        if len(schedules) > 1:
-            trial.suggest_categorical("schedule", schedules)
-
-    return sample
+        if len(self.schedules) > 1:
+            trial.suggest_categorical("schedule", self.schedules)
 
 
 def to_params(point: dict) -> dict:

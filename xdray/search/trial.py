@@ -77,7 +77,9 @@ def measure_latency(ctx: TrialContext, model_dir: Path) -> dict[str, float]:
     """``latency_ms`` (the first batch size) and ``latency_ms_b<N>`` for each, in a task that reserves the
     measuring CPUs (or a GPU) so no training worker of this cluster is scheduled on them."""
     lat = ctx.cfg.search.latency
-    task = _measure.options(num_cpus=lat.threads, num_gpus=1 if lat.device == "cuda" else 0)
+    # "DEFAULT": outside the trial's placement group (Tune captures child tasks; that group holds 0.1 CPU)
+    task = _measure.options(num_cpus=lat.threads, num_gpus=1 if lat.device == "cuda" else 0,
+                            scheduling_strategy="DEFAULT")
     ms = ray.get(task.remote(str(model_dir), ctx.latency_texts, ctx.cfg.data.max_length, lat.batch_sizes,
                              lat.threads, lat.device))
     return {"latency_ms": ms[lat.batch_sizes[0]], **{f"latency_ms_b{b}": v for b, v in ms.items()}}
