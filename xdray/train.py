@@ -138,7 +138,7 @@ def _build(spec: TrainSpec) -> Built:
     if not keep:
         return Built(module, tokenizer, None, mapping, teacher_loaded=teacher is not None)
     teacher.eval().requires_grad_(False)
-    return Built(module, tokenizer, teacher, mapping, count_forwards(teacher))
+    return Built(module, tokenizer, teacher, mapping, teacher_forwards=count_forwards(teacher))
 
 
 class DeepSpeedBackend:
