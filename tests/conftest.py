@@ -49,6 +49,7 @@ def write_task(root: Path, n_train: int = 240, n_dev: int = 60, n_test: int = 60
 
 def build_tiny_backbone(directory: Path, corpus: list[str]) -> Path:
     """A 2-layer, hidden-32 BERT encoder and a WordPiece tokenizer trained on ``corpus``, saved as an HF dir."""
+    import torch
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -62,6 +63,7 @@ def build_tiny_backbone(directory: Path, corpus: list[str]) -> Path:
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64,
     )
+    torch.manual_seed(0)  # the same random teacher in every run: a CI failure reproduces locally
     BertModel(config).save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory

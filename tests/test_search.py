@@ -6,6 +6,7 @@ from its Ray Train checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from .conftest import tiny_config
 
 pytestmark = pytest.mark.slow
 
-GOOD, TOO_SMALL = 1e-2, 1e-7
+GOOD, TOO_SMALL = 5e-3, 1e-7  # 1e-2 left a quarter of random backbones stuck at chance
 
 
 def xdray(log: Path, *args) -> subprocess.Popen:
@@ -38,6 +39,14 @@ def xdray(log: Path, *args) -> subprocess.Popen:
 
 def train_runs(out: Path) -> list[Path]:
     return sorted((out / "search" / "ray" / "trials").glob("trial-*"), key=lambda p: p.stat().st_mtime)
+
+
+def registered(run: Path) -> int:
+    """Checkpoints the Train controller has recorded (a resume starts from these; an upload alone is not enough)."""
+    try:
+        return len(json.loads((run / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +72,9 @@ def searched(tiny_task, tmp_path_factory) -> dict:
     job.write_text(yaml.safe_dump(cfg))
     proc = xdray(root / "first.log", "search", str(job))
     deadline = time.time() + 480
-    while time.time() < deadline and proc.poll() is None:  # the third trial is training, past 2 checkpoints
+    while time.time() < deadline and proc.poll() is None:  # the third trial is training, a checkpoint recorded
         runs = train_runs(out)
-        if len(runs) == 3 and len(list(runs[2].glob("checkpoint_*"))) >= 2:
+        if len(runs) == 3 and registered(runs[2]) >= 1:
             break
         time.sleep(0.5)
     assert proc.poll() is None, (root / "first.log").read_text()[-3000:]

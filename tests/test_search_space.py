@@ -47,7 +47,8 @@ def test_a_point_to_evaluate_becomes_the_student_it_names(cfg):
     s = c.student
     assert (s.layers, s.hidden, s.heads, s.embedding_size, s.factorized) == (2, 96, 3, 48, True)
     assert c.name.startswith("L2-H96-A3-F") and c.name.endswith("-E48")
-    assert c.key == candidate(dict(trial.params), cfg).key != candidate({**trial.params, "lr": 3e-3}, cfg).key
+    other_lr = 1e-3 if trial.params["lr"] == 3e-3 else 3e-3  # the sampler picked one of the two
+    assert c.key == candidate(dict(trial.params), cfg).key != candidate({**trial.params, "lr": other_lr}, cfg).key
 
 
 POINTS = [  # (accuracy, latency): b, c, e are on the front; a is dominated by b; d by c (equal latency, lower acc)
