@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import tiny_config
 from xdray.config import BudgetConfig, validate_config
 from xdray.search.pareto import choose, dominates, pareto_front
-from xdray.search.space import candidate, define, every_candidate, to_params
+from xdray.search.space import candidate, define, every_candidate, stages, to_params
 
 
 @pytest.fixture
@@ -74,3 +74,25 @@ def test_the_chosen_student_is_the_most_accurate_within_the_budget():
     assert choose(POINTS, BudgetConfig(latency_ms=2.0))["id"] == "b"
     assert choose(POINTS, BudgetConfig(latency_ms=3.0, params=10))["id"] == "d"
     assert choose(POINTS, BudgetConfig(latency_ms=0.1)) is None
+
+
+def test_the_schedule_is_a_dimension_and_a_trial_runs_the_one_it_drew(tiny_task, tmp_path):
+    logits_only = [{"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": 2}]
+    paper = [{"name": "hidden", "data": "transfer", "loss": "hidden", "epochs": 1}, *logits_only]
+    cfg = validate_config(tiny_config(tiny_task, tmp_path / "out", search={
+        "space": {"layers": [1], "hidden": [16], "heads": [2], "schedules": {"kd": logits_only, "paper": paper}},
+        "points_to_evaluate": [],
+    }))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), directions=["maximize", "minimize"])
+    drawn = set()
+    for _ in range(20):
+        trial = study.ask()
+        define(cfg.search.space, list(cfg.search_schedules()))(trial)
+        c = candidate(trial.params, cfg)
+        assert [s["name"] for s in stages(cfg, c.schedule)] == {"kd": ["logits"], "paper": ["hidden", "logits"]}[c.schedule]
+        drawn.add(c.schedule)
+        study.tell(trial, [0.5, 1.0])
+    assert drawn == {"kd", "paper"}
+    both = every_candidate(cfg)
+    assert sorted(c.schedule for c in both) == ["kd", "paper"] and len({c.key for c in both}) == 2
+    assert cfg.uses_hidden  # the labelling step stores the [CLS] states the paper schedule needs
