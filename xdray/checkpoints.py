@@ -28,8 +28,9 @@ FINAL = "xdray_train.json"
 
 
 def dev_score(history: list[dict]) -> float:
-    """The score checkpoints are ranked by: the latest dev accuracy (-1 before any)."""
-    value = history[-1]["dev_accuracy"] if history else -1.0
+    """The score checkpoints are ranked by: the latest dev score (accuracy, or a transfer task's metric; -1
+    before any)."""
+    value = history[-1]["dev_score"] if history else -1.0
     return value if math.isfinite(value) else -1.0
 
 

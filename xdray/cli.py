@@ -1,4 +1,4 @@
-"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples`.
+"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples|transfer-sets`.
 
 Every problem the user can fix ends as one line on stderr and exit status 2 (bad config / input) or 1
 (a step failed); tracebacks are for bugs.
@@ -19,6 +19,7 @@ COMMANDS = {
     "label": "label the transfer corpus with the teacher (Ray Data actor pool) into Parquet",
     "distill": "distil the student with the configured schedule (default: the paper's progressive one) on Ray Train + DeepSpeed",
     "search": "search student architectures with Ray Tune, every trial on the same Parquet",
+    "transfer": "fine-tune the distilled student (or any HF encoder) on target tasks: classes, pairs, NER, regression",
 }
 
 
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare data").add_subparsers(dest="data_command", required=True)
     samples = data.add_parser("samples", help="prepare the offline sample data (VADER movie task, MiniLM-L6)")
     samples.add_argument("--dir", default="data/samples", type=Path, help="where to write (default data/samples)")
+    transfer = data.add_parser("transfer-sets", help="prepare the transfer tasks (WordNet verbs, VADER tweets)")
+    transfer.add_argument("--dir", default="data/transfer", type=Path, help="where to write (default data/transfer)")
+    transfer.add_argument("--data-verb", type=Path, metavar="PATH",
+                          help="WordNet 3.0 data.verb to use (default: apt-get download wordnet-base)")
     return parser
 
 
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "data":
+            if args.data_command == "transfer-sets":
+                return _transfer_sets(args.dir, args.data_verb)
             return _samples(args.dir)
         if args.command == "submit":
             from xdray.submit import submit
@@ -79,12 +86,24 @@ def _samples(directory: Path) -> int:
     return 0
 
 
+def _transfer_sets(directory: Path, data_verb: Path | None) -> int:
+    from xdray.data.transfer_sets import prepare_transfer_sets
+
+    manifest = prepare_transfer_sets(directory, data_verb)
+    verbs, tweets = (", ".join(f"{k} {v}" for k, v in manifest[task]["rows"].items())
+                     for task in ("wordnet_verbs", "vader_tweets"))
+    classes = len(manifest["wordnet_verbs"]["class_counts"]["train"])
+    print(f"transfer sets ready in {directory}: wordnet_verbs {classes}-class ({verbs}), "
+          f"vader_tweets regression ({tweets})")
+    return 0
+
+
 def _run(command: str, config_path: str, overrides: list[str]) -> int:
     from xdray.config import load_config
-    from xdray.runtime import STEPS, check_inputs
+    from xdray.runtime import check_inputs, pipeline_steps
 
     cfg = load_config(config_path, overrides)
-    check_inputs(cfg, STEPS if command == "pipeline" else (command,))
+    check_inputs(cfg, pipeline_steps(cfg) if command == "pipeline" else (command,))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from xdray.pipeline import run_pipeline, run_step
@@ -97,6 +116,8 @@ def _run(command: str, config_path: str, overrides: list[str]) -> int:
         summary = run_step(cfg, tracker, command)
         print(f"xdray {command}: done; summary in {cfg.step_dir(command) / 'summary.json'}")
         headline = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "mlflow_run_id"}
+        if command == "transfer":
+            headline |= {f"{name}.test_{r['metric']}": r["test"]["score"] for name, r in summary["tasks"].items()}
         print("  " + ", ".join(f"{k}={v}" for k, v in headline.items()))
     return 0
 

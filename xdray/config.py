@@ -272,7 +272,7 @@ class StudentConfig(_Section):
         return self
 
 
-LossName = Literal["hidden", "attention", "logits_mse", "logits_kl", "ce"]
+LossName = Literal["hidden", "attention", "logits_mse", "logits_kl", "ce", "label_mse"]
 REPRESENTATION_LOSSES = ("hidden", "attention")
 TEACHER_LOSSES = ("hidden", "attention", "logits_mse", "logits_kl")
 
@@ -290,8 +290,9 @@ class StageConfig(_Section):
     """Stop after this many epochs without a better dev score; None runs every epoch. The best epoch is restored."""
     unfreeze: Literal["all", "gradual"] = "all"
     """``gradual``: one sub-stage per block, unfreezing top-down (top block first, embeddings last)."""
-    monitor: Literal["auto", "dev_loss", "dev_accuracy"] = "auto"
-    """Dev criterion; auto = dev_loss for representation-only stages, dev_accuracy otherwise."""
+    monitor: Literal["auto", "dev_loss", "dev_accuracy", "dev_score"] = "auto"
+    """Dev criterion; auto = dev_loss for representation-only stages, dev_accuracy otherwise; ``dev_score`` is
+    a transfer task's headline metric (accuracy, entity F1 or Pearson)."""
     temperature: float = Field(1.0, gt=0)
 
     @field_validator("loss", mode="before")
@@ -308,7 +309,7 @@ class StageConfig(_Section):
             raise ValueError(
                 f"stage '{self.name}': loss {teacher[0]} needs teacher outputs; fix: use data: transfer or loss: ce"
             )
-        if self.data == "transfer" and "ce" in self.loss:
+        if self.data == "transfer" and ({"ce", "label_mse"} & set(self.loss)):
             raise ValueError(f"stage '{self.name}': the transfer set has no labels; fix: use hidden or logits_* losses")
         if self.monitor == "auto":
             head = any(x not in REPRESENTATION_LOSSES for x in self.loss)
@@ -497,16 +498,111 @@ class SearchConfig(_Section):
             raise ValueError(f"point {point}: heads depends on hidden; fix: give hidden too")
 
 
+TASK_TYPES = ("classification", "pair_classification", "token_classification", "regression")
+GLUE_PRESETS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+TASK_FORMATS = ("auto", "tsv", "csv", "jsonl", "parquet", "hf_disk", "conll")
+
+
+class TransferTask(_Section):
+    """One target task: labeled train/dev/test splits (files, ``save_to_disk`` directories, or a GLUE preset)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Names the task's output directory and MLflow run."""
+    type: Literal["classification", "pair_classification", "token_classification", "regression"] | None = None
+    """Required unless a preset gives it."""
+    preset: str | None = None
+    """``glue/<task>`` (needs network): the GLUE train split minus a seeded dev holdout, GLUE validation as test."""
+    train: Path | None = None
+    dev: Path | None = None
+    test: Path | None = None
+    format: Literal["auto", "tsv", "csv", "jsonl", "parquet", "hf_disk", "conll"] = "auto"
+    """``auto``: from the suffix (.tsv .csv .jsonl/.json .parquet .conll/.bio) or a ``save_to_disk`` directory."""
+    text_column: str = "text"
+    pair_column: str = "text_pair"
+    label_column: str = "label"
+    tokens_column: str = "tokens"
+    """Token tasks: a list of words (or one space-separated string)."""
+    tags_column: str = "tags"
+    """Token tasks: one tag per word (BIO names like ``B-PER``, or ids into ``labels``)."""
+    labels: list[str] | None = None
+    """Class (or tag) names in id order; None = the names found in train (sorted), or 0..N-1 for integer labels."""
+    splits: dict[str, str] = {"train": "train", "dev": "validation", "test": "test"}
+    """``save_to_disk`` DatasetDict directories: which stored split each role reads."""
+    max_train_rows: int | None = Field(None, ge=1)
+    """Subsample train (fixed seed) to bound run time."""
+    max_length: int = Field(128, ge=8, le=4096)
+
+    @model_validator(mode="after")
+    def _complete(self) -> TransferTask:
+        where = f"task '{self.name}'"
+        if self.preset is not None:
+            family, _, name = self.preset.partition("/")
+            if family != "glue" or name not in GLUE_PRESETS:
+                raise ValueError(f"{where}: preset {self.preset!r} is not known; fix: use glue/<one of "
+                                 f"{', '.join(GLUE_PRESETS)}> or give train/dev/test paths")
+            if any(p is not None for p in (self.train, self.dev, self.test)):
+                raise ValueError(f"{where}: give a preset or train/dev/test paths, not both; fix: remove one")
+            return self
+        missing = [k for k in ("train", "dev", "test") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"{where}: {', '.join(missing)} missing; fix: give train, dev and test paths (or a preset)")
+        if self.type is None:
+            raise ValueError(f"{where}: type missing; fix: set type to one of {', '.join(TASK_TYPES)}")
+        if self.format == "conll" and self.type != "token_classification":
+            raise ValueError(f"{where}: format conll holds token tags; fix: set type: token_classification")
+        if self.type == "regression" and self.labels is not None:
+            raise ValueError(f"{where}: a regression task has no class names; fix: remove labels")
+        return self
+
+
+class TransferConfig(TrainerConfig):
+    """``xdray transfer``: fine-tune a student (or any HF encoder) on each task, early-stopping on dev."""
+
+    student: str | None = None
+    """A local HF directory or hub id; None = the distilled student, <output_dir>/distill/student."""
+    tasks: list[TransferTask] = Field(min_length=1)
+    epochs: int = Field(3, ge=1)
+    patience: int | None = Field(2, ge=1)
+    """Stop after this many epochs without a better dev score; the best epoch's weights are kept."""
+    lr: float = Field(1e-4, gt=0)
+    trust_remote_code: bool = False
+    latency_sentences: int = Field(64, ge=1)
+    """Test sentences timed for the CPU latency in the summary (batch 1, 1 thread)."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_names(cls, tasks: list[TransferTask]) -> list[TransferTask]:
+        names = [t.name for t in tasks]
+        if len(names) != len(set(names)):
+            raise ValueError(f"task names must be unique, got {names}; fix: rename the repeated task")
+        return tasks
+
+
 class XdrayConfig(_Section):
     output_dir: Path
     seed: int = 0
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
-    data: DataConfig
-    teacher: TeacherConfig
+    data: DataConfig | None = None
+    """The source task and transfer corpora: required by teacher, label, distill, search and the pipeline."""
+    teacher: TeacherConfig | None = None
+    """Required with ``data``."""
     label: LabelConfig = LabelConfig()
     distill: DistillConfig = DistillConfig()
     search: SearchConfig = SearchConfig()
+    transfer: TransferConfig | None = None
+    """Target tasks for ``xdray transfer`` (and the pipeline's last step when present)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_a_job(cls, raw: Any) -> Any:
+        """A config distils (data + teacher), transfers, or both; anything else is missing its core."""
+        if isinstance(raw, dict) and not raw.get("transfer"):
+            for key in ("data", "teacher"):
+                if raw.get(key) is None:
+                    raise ValueError(f"{key}: required key is missing; fix: add it to the config (see "
+                                     "jobs/quickstart.yaml), or a transfer section for a transfer-only job")
+        return raw
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> XdrayConfig:
@@ -514,21 +610,29 @@ class XdrayConfig(_Section):
         object.__setattr__(self, "output_dir", self.output_dir.expanduser().resolve())
         d = self.data
         for key in ("train", "dev", "test"):
-            object.__setattr__(d, key, getattr(d, key).expanduser().resolve())
-        for source in d.transfer:
+            if d is not None:
+                object.__setattr__(d, key, getattr(d, key).expanduser().resolve())
+            for task in self.transfer.tasks if self.transfer else ():
+                if getattr(task, key) is not None:
+                    object.__setattr__(task, key, getattr(task, key).expanduser().resolve())
+        for source in d.transfer if d is not None else ():
             if source.path is not None:
                 object.__setattr__(source, "path", source.path.expanduser().resolve())
         if self.label.teacher is not None:
             object.__setattr__(self.label, "teacher", self.label.teacher.expanduser().resolve())
         if self.distill.labels is not None:
             object.__setattr__(self.distill, "labels", self.distill.labels.expanduser().resolve())
-        if looks_local(self.teacher.backbone):
+        if self.teacher is not None and looks_local(self.teacher.backbone):
             object.__setattr__(self.teacher, "backbone", str(Path(self.teacher.backbone).expanduser().resolve()))
+        if self.transfer is not None and self.transfer.student and looks_local(self.transfer.student):
+            object.__setattr__(self.transfer, "student", str(Path(self.transfer.student).expanduser().resolve()))
         return self
 
     @model_validator(mode="after")
     def _search_trials_can_run(self) -> XdrayConfig:
         """Trials train with the distill settings on ``workers_per_trial`` workers: check that too, up front."""
+        if self.data is None:
+            return self
         try:
             self.search_trainer()
         except ValidationError as e:
@@ -565,6 +669,10 @@ class XdrayConfig(_Section):
     @property
     def labels_dir(self) -> Path:
         return self.distill.labels or self.step_dir("label") / "data"
+
+    @property
+    def transfer_student(self) -> str:
+        return (self.transfer.student if self.transfer else None) or str(self.step_dir("distill") / "student")
 
 
 def looks_local(name: str) -> bool:

@@ -24,10 +24,11 @@ def cpu_latency_ms(model_dir: Path, texts: list[str], max_length: int, threads: 
 
 @torch.inference_mode()
 def latency_ms(model_dir: Path, texts: list[str], max_length: int, batch_sizes: list[int], threads: int = 1,
-               device: str = "cpu", warmup: int = 5, repeats: int = 3) -> dict[int, float]:
+               device: str = "cpu", warmup: int = 5, repeats: int = 3, loader=load_classifier) -> dict[int, float]:
     """Milliseconds per sentence for each batch size: the fastest of ``repeats`` passes over ``texts`` (in
-    order, padded per batch), after ``warmup`` batches. The minimum is the least disturbed by other work."""
-    model, tokenizer = load_classifier(str(model_dir))
+    order, padded per batch), after ``warmup`` batches. The minimum is the least disturbed by other work.
+    ``loader(path)`` gives (model, tokenizer): a sequence classifier unless told otherwise."""
+    model, tokenizer = loader(str(model_dir))
     model.eval().to(device)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

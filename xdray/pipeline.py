@@ -14,7 +14,7 @@ from tabulate import tabulate
 from xdray.config import XdrayConfig
 from xdray.data.tables import read_labeled
 from xdray.evaluate import cpu_latency_ms
-from xdray.runtime import STEPS, ray_session, read_summary, write_summary
+from xdray.runtime import pipeline_steps, ray_session, read_summary, write_summary
 from xdray.tracking import Tracker, tracking_uri
 
 LATENCY_SENTENCES = 64
@@ -29,6 +29,10 @@ def _step_fn(step: str):
         from xdray.search.run import run_search
 
         return run_search
+    if step == "transfer":
+        from xdray.transfer.run import run_transfer
+
+        return run_transfer
     from xdray.steps import run_distill, run_teacher
 
     return {"teacher": run_teacher, "distill": run_distill}[step]
@@ -44,7 +48,7 @@ def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
     ran, skipped = [], []
     with tracker.run(cfg, "pipeline") as parent, ray_session(cfg):
         tracker.params(parent, {"config": cfg.model_dump(mode="json")})
-        for step in STEPS:
+        for step in pipeline_steps(cfg):
             if read_summary(cfg, step) is not None:
                 print(f"[xdray] {step}: complete, skipping ({cfg.step_dir(step) / 'summary.json'})", flush=True)
                 skipped.append(step)
@@ -52,7 +56,7 @@ def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
             print(f"[xdray] {step}: running", flush=True)
             _step_fn(step)(cfg, tracker, parent)
             ran.append(step)
-        results = compare(cfg)
+        results = compare(cfg) if cfg.data is not None else {}
         tracker.metrics(parent, {k: v for k, v in results.items() if isinstance(v, (int, float))})
         summary = {
             **results, "ran": ran, "skipped": skipped, "seconds": round(time.perf_counter() - t0, 1),
@@ -60,7 +64,8 @@ def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
         }
         path = write_summary(cfg, "pipeline", summary)
         tracker.artifact(parent, path)
-    print(results_table(cfg, summary))
+    if cfg.data is not None:
+        print(results_table(cfg, summary))
     return summary
 
 

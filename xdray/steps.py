@@ -29,16 +29,21 @@ from xdray.train import TrainSpec, export_student, fit, run_name
 def make_spec(
     cfg: XdrayConfig, trainer: TrainerConfig, role: str, init: str, stages: list[dict], num_labels: int,
     dev: pa.Table, scratch: Path, run_id: str, student: StudentConfig | None = None, student_dir: Path | None = None,
+    task: dict | None = None, max_length: int | None = None, trust_remote_code: bool | None = None,
 ) -> TrainSpec:
+    """The worker spec of one training job; ``max_length`` and ``trust_remote_code`` default to the source
+    task's (data, teacher), which a transfer-only config does not have."""
     return TrainSpec(
-        role=role, init=init, stages=stages, num_labels=num_labels, max_length=cfg.data.max_length,
+        role=role, init=init, stages=stages, num_labels=num_labels,
+        max_length=max_length if max_length is not None else cfg.data.max_length,
         batch_size=trainer.batch_size, lr=trainer.lr, deepspeed=trainer.deepspeed.model_dump(),
         grad_accum=trainer.grad_accum, warmup_steps=trainer.warmup_steps, checkpoint_every=trainer.checkpoint_every,
         log_every=trainer.log_every,
         scratch=str(scratch), dev=ray.put(dev), seed=cfg.seed, student=student.model_dump() if student else None,
         representation=cfg.distill.representation.model_dump(), teacher_mode=cfg.distill.teacher_mode,
-        tracking_uri=tracking_uri(cfg), run_id=run_id, trust_remote_code=cfg.teacher.trust_remote_code,
-        student_dir=str(student_dir) if student_dir else None,
+        tracking_uri=tracking_uri(cfg), run_id=run_id,
+        trust_remote_code=trust_remote_code if trust_remote_code is not None else cfg.teacher.trust_remote_code,
+        student_dir=str(student_dir) if student_dir else None, task=task,
     )
 
 

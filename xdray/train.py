@@ -29,13 +29,15 @@ from ray.train.torch import TorchTrainer
 from transformers import AutoConfig
 
 from xdray.config import RepresentationConfig, StudentConfig, TrainerConfig
-from xdray.distill.batches import collate, table_batches
+from xdray.distill.batches import table_batches
 from xdray.distill.losses import layer_map
 from xdray.distill.objective import DistillModule, Objective, teacher_targets
 from xdray import checkpoints
 from xdray.distill.schedule import Data, Phase, Position, evaluate, expand_stages, param_groups, run_schedule
 from xdray.models.student import build_student, encoder_blocks, param_counts
 from xdray.models.teacher import load_classifier
+from xdray.transfer.metrics import task_metrics
+from xdray.transfer.model import load_task_model, task_collate
 from xdray.runtime import file_stamp, replace_dir, staging_dir
 
 LOG_EVERY = 20
@@ -46,7 +48,7 @@ DEV_BATCH = 64
 class TrainSpec:
     """Everything a worker needs, as plain data (it travels to workers inside ``train_loop_config``)."""
 
-    role: str  # "teacher": fine-tune ``init`` with a new head; "student": build a student from teacher ``init``
+    role: str  # "teacher"/"transfer": fine-tune ``init`` with a new head; "student": build a student from ``init``
     init: str
     stages: list[dict]
     num_labels: int
@@ -68,6 +70,7 @@ class TrainSpec:
     checkpoint_every: int | None = None
     log_every: int = 20
     student_dir: str | None = None  # a student already built (search trials): workers never load the teacher
+    task: dict | None = None  # transfer: ``TaskData.worker_spec()`` (type, class names): head, batches, dev metric
 
 
 def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
@@ -118,6 +121,9 @@ def _uses(spec: TrainSpec, loss: str) -> bool:
 def _build(spec: TrainSpec) -> Built:
     if spec.role == "teacher":
         model, tokenizer = load_classifier(spec.init, spec.num_labels, spec.trust_remote_code)
+        return Built(DistillModule(model, None, 0), tokenizer, None, ())
+    if spec.role == "transfer":
+        model, tokenizer = load_task_model(spec.init, spec.task, spec.seed, spec.trust_remote_code)
         return Built(DistillModule(model, None, 0), tokenizer, None, ())
     student_cfg = StudentConfig(**spec.student)
     keep = spec.teacher_mode == "online" and any(s["data"] == "transfer" for s in spec.stages)
@@ -181,8 +187,9 @@ def worker_loop(config: dict) -> None:
     )
     if built.teacher is not None:
         built.teacher.to(engine.device)
-    # ZeRO-3 needs every rank in every forward, so there all ranks score the whole of dev
-    sharded = spec.deepspeed["zero_stage"] < 3 and world > 1
+    # ZeRO-3 needs every rank in every forward, so there all ranks score the whole of dev; so do transfer tasks,
+    # whose metrics (entity F1, Pearson) do not add up across shards
+    sharded = spec.deepspeed["zero_stage"] < 3 and world > 1 and spec.task is None
     backend = DeepSpeedBackend(engine, spec.scratch, sharded)
     resume = checkpoints.restore(engine, spec.scratch, rank)
     if resume is not None and "final" in resume:  # the run had finished: hand its result back
@@ -211,6 +218,7 @@ def worker_loop(config: dict) -> None:
             name = record["stage"]
             tracker.metrics(spec.run_id, {
                 f"dev/{name}/accuracy": record["dev_accuracy"], f"dev/{name}/loss": record["dev_loss"],
+                f"dev/{name}/score": record["dev_score"],
                 f"train/{name}/epoch_loss": record["loss"], "train/samples_per_s": record["samples_per_s"],
             }, record["step"])
         plain = {k: v for k, v in record.items() if not isinstance(v, list)}
@@ -229,12 +237,13 @@ def worker_loop(config: dict) -> None:
     history = run_schedule(backend, phases, objective_for, data, spec.lr, on_epoch, on_step,
                            warmup_steps=spec.warmup_steps, checkpoint_every=spec.checkpoint_every,
                            on_checkpoint=on_checkpoint, resume=resume)
-    final = evaluate(backend, objective_for(phases[-1]), data.dev(phases[-1]))
+    final = evaluate(backend, objective_for(phases[-1]), data.dev(phases[-1]), data.metric)
     nodes = [None] * world
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     seconds = sum(r["seconds"] for r in history)
     summary = {
-        "dev_accuracy": final["accuracy"], "params": counts, "history": history, "steps": history[-1]["step"],
+        "dev_accuracy": final["accuracy"], "dev_score": final["score"],
+        "dev_metrics": {k: v for k, v in final.items() if k not in ("loss", "score")}, "params": counts, "history": history, "steps": history[-1]["step"],
         "samples_per_s": sum(r["samples"] for r in history) * world / max(seconds, 1e-9), "world_size": world,
         "worker_nodes": nodes, "layer_map": list(built.layer_map), "phases": [p.name for p in phases],
         "resumed_from_step": resume["step"] if resume else 0, "grad_accum": spec.grad_accum,
@@ -260,6 +269,7 @@ def _data(spec: TrainSpec, built: Built, device, objective_for, dev_rank: int, d
     the teacher targets the phase needs (from the Parquet, or from the frozen teacher in online mode)."""
     dev_raw = table_batches(ray.get(spec.dev), DEV_BATCH)[dev_rank::dev_world]
     dev_cache: dict[Objective, list[dict]] = {}
+    collate = task_collate(spec.task)
 
     def with_targets(batch: dict, phase: Phase) -> dict:
         if built.teacher is not None and phase.data == "transfer":
@@ -282,7 +292,8 @@ def _data(spec: TrainSpec, built: Built, device, objective_for, dev_rank: int, d
                               for r in dev_raw]
         return dev_cache[key]
 
-    return Data(train=train, dev=dev)
+    metric = (lambda logits, labels: task_metrics(spec.task, logits, labels)) if spec.task else None
+    return Data(train=train, dev=dev, metric=metric)
 
 
 def _report_final(engine, tokenizer, summary: dict, rank: int, zero_stage: int) -> None:
@@ -299,7 +310,7 @@ def _report_final(engine, tokenizer, summary: dict, rank: int, zero_stage: int) 
                 Path(tmp, "xdray_train.json").write_text(json.dumps(summary, indent=2))
         checkpoint = Checkpoint.from_directory(tmp) if rank == 0 else None
         metrics = {k: v for k, v in summary.items() if k != "history"}
-        ray.train.report(metrics | {"final": True, "dev_score": summary["dev_accuracy"]}, checkpoint=checkpoint)
+        ray.train.report(metrics | {"final": True}, checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------

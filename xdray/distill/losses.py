@@ -109,3 +109,8 @@ def hard_label_ce(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy on hard labels; for token tasks (B, T, C) logits, labels of -100 (padding, special
     tokens) are left out."""
     return F.cross_entropy(student.float().reshape(-1, student.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def label_mse(student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Regression on a float target (STS-B style): MSE between the single output and the label."""
+    return F.mse_loss(student.float().reshape(-1), targets.float().reshape(-1))

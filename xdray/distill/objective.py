@@ -34,8 +34,9 @@ class DistillModule(nn.Module):
                 attentions: bool = False, tokens: bool = False) -> dict:
         """Logits always; ``positions`` adds the projected states at those positions; ``tokens`` the raw
         (B, T, H) states; ``attentions`` the attention maps."""
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # not every encoder has them
         out = self.student(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            input_ids=input_ids, attention_mask=attention_mask, **types,
             output_hidden_states=bool(positions or tokens), output_attentions=attentions,
         )
         result = {"logits": out.logits}
@@ -100,6 +101,8 @@ class Objective:
                 parts[name] = L.logits_kl(out["logits"], batch["teacher_logits"], self.temperature)
             elif name == "ce":
                 parts[name] = L.hard_label_ce(out["logits"], batch["labels"])
+            elif name == "label_mse":
+                parts[name] = L.label_mse(out["logits"], batch["labels"])
             else:
                 raise ValueError(f"unknown loss {name!r}")
         parts["total"] = torch.stack(list(parts.values())).sum()

@@ -91,8 +91,8 @@ def set_trainable(optimizer: torch.optim.Optimizer, trainable: tuple[str, ...] |
 
 def _score(phase: Phase, dev: dict[str, float]) -> tuple[float, ...]:
     """Higher is better. Accuracy ties (common on small dev sets) are broken by the dev loss."""
-    if phase.monitor == "dev_accuracy":
-        return (dev["accuracy"], -dev["loss"])
+    if phase.monitor in ("dev_accuracy", "dev_score"):
+        return (dev[phase.monitor.removeprefix("dev_")], -dev["loss"])
     return (-dev["loss"],)
 
 
@@ -161,10 +161,12 @@ class TorchBackend:
 class Data:
     """Where a phase's batches come from: ``train(phase, epoch, skip)`` yields the epoch's model-ready batches
     after its first ``skip`` (a resumed epoch), ``dev(phase)`` the dev batches; both carry inputs, labels and the
-    teacher targets the phase's objective needs."""
+    teacher targets the phase's objective needs. ``metric`` scores dev predictions as a task needs it (see
+    ``evaluate``)."""
 
     train: Callable[[Phase, int, int], Iterable[dict]]
     dev: Callable[[Phase], Iterable[dict]]
+    metric: Callable[[list[torch.Tensor], list[torch.Tensor]], dict[str, float]] | None = None
 
 
 @dataclass
@@ -228,7 +230,7 @@ def run_schedule(
         if pos.best is None:
             # the weights the phase starts from are a candidate too: a phase never ends worse on dev than it
             # began (the paper restores the best weights between stages)
-            stopper.update(_score(phase, evaluate(backend, objective, data.dev(phase))), -1)
+            stopper.update(_score(phase, evaluate(backend, objective, data.dev(phase), data.metric)), -1)
             backend.save(f"best-{index}")
         else:
             stopper.best, stopper.best_epoch, stopper.bad = tuple(pos.best), pos.best_epoch, pos.bad
@@ -251,13 +253,14 @@ def run_schedule(
                     on_checkpoint(pos)
                     t0 = time.perf_counter()
             pos.seconds += time.perf_counter() - t0
-            dev = evaluate(backend, objective, data.dev(phase))
+            dev = evaluate(backend, objective, data.dev(phase), data.metric)
             last = epoch
             if stopper.update(_score(phase, dev), epoch) and epoch < phase.epochs - 1:
                 backend.save(tag)
             record = {
                 "stage": phase.name, "epoch": epoch, "step": pos.step, "loss": pos.loss_sum / max(pos.batch, 1),
-                "dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"], "monitor": phase.monitor,
+                "dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"], "dev_score": dev["score"],
+                "monitor": phase.monitor,
                 "trained_units": trained, "samples": pos.samples, "seconds": pos.seconds,
             }
             pos.history.append(record)
@@ -276,21 +279,33 @@ def run_schedule(
 
 
 @torch.no_grad()
-def evaluate(backend: Backend, objective: Callable, batches: Iterable[dict]) -> dict[str, float]:
-    """Dev loss (the phase's objective) and accuracy, summed over this rank's share and all-reduced."""
+def evaluate(backend: Backend, objective: Callable, batches: Iterable[dict],
+             metric: Callable[[list[torch.Tensor], list[torch.Tensor]], dict[str, float]] | None = None
+             ) -> dict[str, float]:
+    """Dev loss (the phase's objective) and accuracy, summed over this rank's share and all-reduced; ``score``
+    is the accuracy. With a ``metric`` (transfer tasks: entity F1, Pearson, ...), which takes the logits and
+    labels of every batch, ``score`` and the other figures are its own: the caller gives each rank all of dev,
+    as such metrics do not add up across shards."""
     backend.model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, rows, correct, labelled rows
+    logits, labels = [], []
     for batch in batches:
         out = backend.model(**model_inputs(batch), **objective.forward_kwargs())
         n = len(batch["input_ids"])
-        if "labels" in batch:
+        if metric is not None:
+            logits.append(out["logits"].float().cpu())
+            labels.append(batch["labels"].cpu())
+        elif "labels" in batch:
             totals[2] += float((out["logits"].argmax(-1) == batch["labels"]).sum())
             totals[3] += n
         totals[0] += float(objective(out, batch)["total"]) * n
         totals[1] += n
     totals = backend.all_reduce(totals)
     backend.model.train()
-    return {
+    result = {
         "loss": float(totals[0] / totals[1]) if totals[1] else float("nan"),
         "accuracy": float(totals[2] / totals[3]) if totals[3] else float("nan"),
     }
+    if metric is None:
+        return result | {"score": result["accuracy"]}
+    return result | {"accuracy": float("nan")} | metric(logits, labels)

@@ -1,0 +1,85 @@
+"""What a transfer worker builds for a task: the model with a fresh head on the student's encoder, and the
+collate function that turns rows into batches (first-sub-word tag labels for token tasks, float targets for
+regression). Plain torch and transformers; ``train.worker_loop`` calls it for ``role == "transfer"``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from xdray.distill.batches import collate, model_inputs, to_device
+from xdray.distill.losses import IGNORE_INDEX
+from xdray.errors import XdrayError
+
+
+def model_class(task: dict):
+    return AutoModelForTokenClassification if task["type"] == "token_classification" else AutoModelForSequenceClassification
+
+
+def load_task_model(path: str, task: dict, seed: int = 0, trust_remote_code: bool = False
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The encoder of ``path`` (an xdray student, or any HF encoder) under a new head for ``task``. A head the
+    checkpoint already has (the source task's classifier) is re-initialised: it was trained for other classes."""
+    kwargs = {"num_labels": task["num_labels"]}
+    if task["names"]:
+        kwargs |= {"id2label": dict(enumerate(task["names"])), "label2id": {n: i for i, n in enumerate(task["names"])}}
+    kwargs["problem_type"] = "regression" if task["type"] == "regression" else None
+    torch.manual_seed(seed)
+    model = model_class(task).from_pretrained(path, trust_remote_code=trust_remote_code,
+                                              ignore_mismatched_sizes=True, **kwargs)
+    std = getattr(model.config, "initializer_range", 0.02)
+    for head in (m for m in model.children() if m is not model.base_model):
+        for module in head.modules():
+            if isinstance(module, torch.nn.Linear):  # as HF initialises heads
+                torch.nn.init.normal_(module.weight, std=std)
+                torch.nn.init.zeros_(module.bias)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if task["type"] == "token_classification" and not tokenizer.is_fast:
+        raise XdrayError(f"{path}: token classification needs a fast tokenizer (word ids); fix: save the model "
+                         "with a tokenizer.json")
+    return model, tokenizer
+
+
+def token_collate(raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  device: torch.device | str) -> dict:
+    """Words → sub-word inputs; each word's tag goes on its first sub-word, -100 on the rest, on special
+    tokens and on padding (so the loss and the metric skip them). Words cut off by ``max_length`` are dropped."""
+    words = [[str(w) for w in row] for row in raw["tokens"]]
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True,
+                    return_tensors="pt")
+    labels = torch.full(enc["input_ids"].shape, IGNORE_INDEX, dtype=torch.long)
+    for i, tags in enumerate(raw["tags"]):
+        previous = None
+        for position, word in enumerate(enc.word_ids(i)):
+            if word is not None and word != previous:
+                labels[i, position] = int(tags[word])
+            previous = word
+    return to_device(model_inputs(enc) | {"labels": labels}, device)
+
+
+def regression_collate(raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                       device: torch.device | str) -> dict:
+    batch = collate({k: v for k, v in raw.items() if k != "label"}, tokenizer, max_length, device)
+    batch["labels"] = torch.tensor(np.asarray(raw["label"], dtype=np.float32)).to(device)
+    return batch
+
+
+def task_collate(task: dict | None) -> Callable[..., dict]:
+    if task is None:
+        return collate
+    return {"token_classification": token_collate, "regression": regression_collate}.get(task["type"], collate)
+
+
+def task_loss(task: dict) -> str:
+    return "label_mse" if task["type"] == "regression" else "ce"

@@ -1,0 +1,125 @@
+"""`xdray transfer`: fine-tune a distilled student (or any HF encoder) on each target task, driver side.
+
+Each task is one Ray Train + DeepSpeed job (``train.worker_loop`` with ``role="transfer"``): a fresh head on
+the student's encoder, one stage on the task's train split, early stopping on the task's dev metric with the
+best epoch restored. The test split is scored once, here in the driver, on the exported model; its CPU
+latency is measured in the same process. A task whose result exists (same inputs and settings) is skipped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+import torch
+from tabulate import tabulate
+from transformers import AutoTokenizer
+
+from xdray.config import StageConfig, TransferTask, XdrayConfig
+from xdray.distill.batches import model_inputs, table_batches
+from xdray.evaluate import latency_ms
+from xdray.runtime import read_json, write_json, write_summary
+from xdray.steps import make_spec
+from xdray.tracking import Tracker
+from xdray.train import export_student, fit, run_name
+from xdray.transfer.metrics import headline, task_metrics
+from xdray.transfer.model import model_class, task_collate, task_loss
+from xdray.transfer.tasks import TaskData, load_task
+
+EVAL_BATCH = 64
+
+
+def run_transfer(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
+    tc, student = cfg.transfer, cfg.transfer_student
+    t0 = time.perf_counter()
+    datas = {task.name: load_task(task, cfg.seed) for task in tc.tasks}  # every label problem before any training
+    with tracker.run(cfg, "transfer", parent) as run_id:
+        tracker.params(run_id, {"transfer": tc.model_dump(mode="json", exclude={"tasks"}), "student": student,
+                                "tasks": ",".join(t.name for t in tc.tasks)})
+        results = {task.name: _run_task(cfg, tracker, run_id, task, datas[task.name], student) for task in tc.tasks}
+        summary = {"student": student, "tasks": results, "seconds": round(time.perf_counter() - t0, 1),
+                   "mlflow_run_id": run_id}
+        tracker.metrics(run_id, {f"{name}/test_{r['metric']}": r["test"]["score"] for name, r in results.items()})
+        tracker.artifact(run_id, write_summary(cfg, "transfer", summary))
+    print(results_table(summary))
+    return summary
+
+
+def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTask, data: TaskData,
+              student: str) -> dict:
+    tc, out = cfg.transfer, cfg.step_dir("transfer") / task.name
+    spec_task = data.worker_spec()
+    stage = StageConfig(name=task.name, data="train", loss=task_loss(spec_task), epochs=tc.epochs,
+                        patience=tc.patience, monitor="dev_score")
+    dev = pa.Table.from_pylist(sorted(data.dev, key=_length))
+    spec = make_spec(cfg, tc, "transfer", student, [stage.model_dump()], data.num_labels, dev, out / "scratch", "",
+                     task=spec_task, max_length=task.max_length, trust_remote_code=tc.trust_remote_code)
+    inputs = [p for p in (task.train, task.dev, task.test) if p is not None]
+    inputs += [Path(student, f) for f in ("config.json", "model.safetensors") if Path(student).is_dir()]
+    name = run_name(f"transfer-{task.name}", spec, tc, inputs)
+    done = read_json(out / "result.json")
+    if done and done.get("run_name") == name:
+        print(f"[xdray] transfer {task.name}: complete, skipping ({out / 'result.json'})", flush=True)
+        return done
+    t0 = time.perf_counter()
+    with tracker.run(cfg, f"transfer/{task.name}", parent) as run_id:
+        spec.run_id = run_id
+        tracker.params(run_id, {"task": task.model_dump(mode="json"), "type": data.type, "num_labels": data.num_labels,
+                                "train_rows": len(data.train), "student": student})
+        result = fit(spec, tc, {"train": ray.data.from_items(data.train)}, out / "ray", name)
+        model_dir = out / "model"
+        trained = export_student(result, model_dir)
+        test = evaluate_model(model_dir, data, task.max_length)
+        texts = [_text(row) for row in data.test[:tc.latency_sentences]]
+        ms = latency_ms(model_dir, texts, task.max_length, [1], loader=lambda p: _load(p, spec_task))[1]
+        summary = {
+            "type": data.type, "metric": headline(data.type), "test": test, "dev_score": trained["dev_score"],
+            "dev": trained["dev_metrics"], "params": trained["params"], "latency_ms": round(ms, 3),
+            "labels": data.names, "rows": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
+            "train_samples_per_s": round(trained["samples_per_s"], 1), "workers": trained["world_size"],
+            "seconds": round(time.perf_counter() - t0, 1), "history": trained["history"],
+            "model_dir": str(model_dir), "run_name": name, "mlflow_run_id": run_id,
+        }
+        tracker.metrics(run_id, {f"test_{k}": v for k, v in test.items() if k != "score"}
+                        | {"latency_ms": summary["latency_ms"], "params_total": trained["params"]["total"]})
+        shutil.rmtree(out / "scratch", ignore_errors=True)
+        tracker.artifact(run_id, write_json(out / "result.json", summary))
+    return summary
+
+
+def _length(row: dict) -> int:
+    return len(row["tokens"]) if "tokens" in row else len(row["text"]) + len(row.get("text_pair", ""))
+
+
+def _text(row: dict) -> str:
+    return " ".join(row["tokens"]) if "tokens" in row else row["text"]
+
+
+def _load(path: str, task: dict):
+    return model_class(task).from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+@torch.inference_mode()
+def evaluate_model(model_dir: Path, data: TaskData, max_length: int, split: str = "test") -> dict[str, float]:
+    """The task's metrics of a saved model on one split (batches of similar length), in this process."""
+    task = data.worker_spec()
+    model, tokenizer = _load(str(model_dir), task)
+    model.eval()
+    collate = task_collate(task)
+    rows = sorted(getattr(data, split), key=_length)
+    logits, labels = [], []
+    for raw in table_batches(pa.Table.from_pylist(rows), EVAL_BATCH):
+        batch = collate(raw, tokenizer, max_length, "cpu")
+        logits.append(model(**model_inputs(batch)).logits.float())
+        labels.append(batch["labels"])
+    return {k: round(v, 5) for k, v in task_metrics(task, logits, labels).items()}
+
+
+def results_table(summary: dict) -> str:
+    rows = [[name, r["type"], f"{r['metric']} {r['test']['score']:.4f}", f"{r['dev_score']:.4f}",
+             f"{r['params']['total'] / 1e6:.2f}M", f"{r['latency_ms']:.2f}"] for name, r in summary["tasks"].items()]
+    table = tabulate(rows, headers=["task", "type", "test", "dev", "params", "CPU ms/sentence (b1, 1 thread)"])
+    return f"\ntransfer of {summary['student']}\n{table}\n"

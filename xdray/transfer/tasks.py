@@ -1,0 +1,293 @@
+"""Target tasks for ``xdray transfer``: labeled splits read from TSV/CSV/JSON lines/Parquet/CoNLL files,
+``save_to_disk`` directories or GLUE presets, turned into canonical rows with integer (or float) labels.
+
+Canonical rows: ``{"text", "label"}`` (+ ``"text_pair"`` for sentence pairs, and for regression when the
+data has a second sentence), or ``{"tokens", "tags"}`` for token tasks. Every label problem (an unknown class
+name, a fractional label for a classification task, a tag count that does not match the words) stops the run
+with one line naming the file, the row and the fix, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from xdray.config import TransferTask
+from xdray.errors import XdrayError
+
+ROLES = ("train", "dev", "test")
+_SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+             ".parquet": "parquet", ".conll": "conll", ".bio": "conll"}
+# GLUE task → (type, first column, second column); GLUE hides test labels, so its validation split is the test
+GLUE = {
+    "cola": ("classification", "sentence", None), "sst2": ("classification", "sentence", None),
+    "mrpc": ("pair_classification", "sentence1", "sentence2"), "qqp": ("pair_classification", "question1", "question2"),
+    "stsb": ("regression", "sentence1", "sentence2"), "mnli": ("pair_classification", "premise", "hypothesis"),
+    "qnli": ("pair_classification", "question", "sentence"), "rte": ("pair_classification", "sentence1", "sentence2"),
+    "wnli": ("pair_classification", "sentence1", "sentence2"),
+}
+GLUE_DEV_ROWS = 2000
+
+Record = tuple[str, dict]  # (where it came from, for error messages; the raw row)
+
+
+@dataclass
+class TaskData:
+    type: str
+    train: list[dict]
+    dev: list[dict]
+    test: list[dict]
+    names: list[str] | None
+    """Class or tag names in id order; None for regression."""
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.names) if self.names else 1
+
+    @property
+    def tokens(self) -> bool:
+        return self.type == "token_classification"
+
+    @property
+    def pairs(self) -> bool:
+        return any("text_pair" in row for row in self.train[:1])
+
+    def worker_spec(self) -> dict:
+        """What a Ray Train worker needs to build the model, batches and dev metric (plain data)."""
+        return {"type": self.type, "names": self.names, "num_labels": self.num_labels}
+
+
+def load_task(task: TransferTask, seed: int = 0) -> TaskData:
+    kind, raw, hf_names = _glue(task, seed) if task.preset else _files(task)
+    if kind == "token_classification":
+        names = _names(task, hf_names, (pair for where, r in raw["train"] for pair in _tag_list(r, task, where)))
+        splits = {role: [_token_row(where, r, task, names) for where, r in records] for role, records in raw.items()}
+    elif kind == "regression":
+        names = None
+        splits = {role: [_text_row(where, r, task, _float_label(where, r, task)) for where, r in records]
+                  for role, records in raw.items()}
+    else:
+        names = _names(task, hf_names, ((where, _field(where, r, task.label_column)) for where, r in raw["train"]),
+                       kind)
+        splits = {role: [_text_row(where, r, task, _class_id(where, _field(where, r, task.label_column), names, task))
+                         for where, r in records] for role, records in raw.items()}
+        if kind == "pair_classification":
+            for where, r in raw["train"][:1]:
+                _field(where, r, task.pair_column)
+    for role, rows in splits.items():
+        if not rows:
+            raise XdrayError(f"task '{task.name}': the {role} split has no rows; fix: point tasks[].{role} at a "
+                             "non-empty split")
+    train = splits["train"]
+    if task.max_train_rows and task.max_train_rows < len(train):
+        keep = sorted(random.Random(seed).sample(range(len(train)), task.max_train_rows))
+        train = [train[i] for i in keep]
+    return TaskData(kind, train, splits["dev"], splits["test"], names)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rows and labels
+
+
+def _field(where: str, record: dict, column: str):
+    if column not in record:
+        raise XdrayError(f"{where}: no column {column!r} (found {sorted(record)}); fix: set the task's "
+                         f"*_column keys to the data's column names")
+    return record[column]
+
+
+def _text_row(where: str, record: dict, task: TransferTask, label) -> dict:
+    row = {"text": str(_field(where, record, task.text_column) or ""), "label": label}
+    if task.pair_column in record or task.type == "pair_classification":
+        row["text_pair"] = str(_field(where, record, task.pair_column) or "")
+    return row
+
+
+def _fraction(value) -> float | None:
+    """The value as a number with a fractional part, if it is one (a float class label is a mistake)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and not number.is_integer() else None
+
+
+def _as_int(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() and str(value).strip().lstrip("-").replace(".", "", 1).isdigit() else None
+
+
+def _refuse_fraction(where: str, value, task: TransferTask) -> None:
+    if _fraction(value) is not None:
+        raise XdrayError(f"{where}: label {value!r} is a fractional number, but task '{task.name}' is "
+                         f"{task.type or 'a classification'}; fix: use type: regression for float targets, or "
+                         "class names / integer ids")
+
+
+def _names(task: TransferTask, hf_names: list[str] | None, labelled, kind: str = "token_classification") -> list[str]:
+    """Class names in id order: the config's, the dataset's ClassLabel names, else from the train labels
+    (0..max for integer ids, the sorted names otherwise)."""
+    values = []
+    for where, value in labelled:
+        _refuse_fraction(where, value, task)
+        values.append(value)
+    if task.labels:
+        return list(task.labels)
+    if hf_names:
+        return list(hf_names)
+    ints = [_as_int(v) for v in values]
+    if values and all(i is not None and i >= 0 for i in ints):
+        return [str(i) for i in range(max(ints) + 1)]
+    return sorted({str(v) for v in values})
+
+
+def _class_id(where: str, value, names: list[str], task: TransferTask) -> int:
+    _refuse_fraction(where, value, task)
+    if str(value) in names:
+        return names.index(str(value))
+    number = _as_int(value)
+    if number is not None and 0 <= number < len(names):
+        return number
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    raise XdrayError(f"{where}: label {value!r} is not one of task '{task.name}''s classes [{shown}]; fix: "
+                     f"correct the data, or list every class in tasks[].labels")
+
+
+def _float_label(where: str, record: dict, task: TransferTask) -> float:
+    value = _field(where, record, task.label_column)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not math.isfinite(number):
+        raise XdrayError(f"{where}: label {value!r} is not a number, but task '{task.name}' is a regression; "
+                         "fix: correct the data, or use a classification type for class names")
+    return number
+
+
+def _tag_list(record: dict, task: TransferTask, where: str) -> list[tuple[str, object]]:
+    tags = _field(where, record, task.tags_column)
+    return [(where, t) for t in (tags.split() if isinstance(tags, str) else list(tags))]
+
+
+def _token_row(where: str, record: dict, task: TransferTask, names: list[str]) -> dict:
+    words = _field(where, record, task.tokens_column)
+    words = words.split() if isinstance(words, str) else [str(w) for w in words]
+    tags = [_class_id(w, t, names, task) for w, t in _tag_list(record, task, where)]
+    if len(tags) != len(words):
+        raise XdrayError(f"{where}: {len(words)} words but {len(tags)} tags; fix: give one tag per word")
+    return {"tokens": words, "tags": tags}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Readers
+
+
+def task_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "hf_disk"
+    return _SUFFIXES.get(path.suffix.lower(), "tsv")
+
+
+def _files(task: TransferTask) -> tuple[str, dict[str, list[Record]], list[str] | None]:
+    raw, hf_names = {}, None
+    for role in ROLES:
+        path = getattr(task, role)
+        if not path.exists():
+            raise XdrayError(f"task '{task.name}': {role} not found: {path}; fix: correct tasks[].{role}")
+        fmt = task_format(path, task.format)
+        if fmt == "hf_disk":
+            raw[role], names = _hf_disk(path, task, role)
+            hf_names = hf_names or names
+        else:
+            raw[role] = list(_read_file(path, fmt))
+    return task.type, raw, hf_names
+
+
+def _read_file(path: Path, fmt: str) -> Iterator[Record]:
+    if fmt in ("tsv", "csv"):
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            for lineno, row in enumerate(csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ","), start=2):
+                yield f"{path}:{lineno}", row
+    elif fmt == "jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        yield f"{path}:{lineno}", json.loads(line)
+                    except json.JSONDecodeError:
+                        raise XdrayError(f"{path}:{lineno}: not valid JSON; fix: one JSON object per line") from None
+    elif fmt == "parquet":
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path} row {i}", row
+    else:  # conll: "word ... TAG" lines, a blank line between sentences
+        words, tags, start = [], [], 1
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(list(f) + [""], start=1):
+                parts = line.split()
+                if parts and not parts[0].startswith("-DOCSTART-"):
+                    words.append(parts[0])
+                    tags.append(parts[-1])
+                elif words:
+                    yield f"{path}:{start}", {"tokens": words, "tags": tags}
+                    words, tags = [], []
+                if not words:
+                    start = lineno + 1
+
+
+def _hf_disk(path: Path, task: TransferTask, role: str) -> tuple[list[Record], list[str] | None]:
+    import datasets
+
+    stored = datasets.load_from_disk(str(path))
+    if isinstance(stored, datasets.DatasetDict):
+        split = task.splits.get(role, role)
+        if split not in stored:
+            raise XdrayError(f"{path}: no split {split!r} (has {list(stored)}); fix: set tasks[].splits.{role}")
+        stored = stored[split]
+    return [(f"{path}[{role}] row {i}", row) for i, row in enumerate(stored)], _classlabel_names(stored, task)
+
+
+def _classlabel_names(ds, task: TransferTask) -> list[str] | None:
+    column = task.tags_column if task.type == "token_classification" else task.label_column
+    feature = ds.features.get(column)
+    feature = getattr(feature, "feature", feature)  # a Sequence of ClassLabel for tags
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def _glue(task: TransferTask, seed: int) -> tuple[str, dict[str, list[Record]], list[str] | None]:
+    import datasets
+
+    name = task.preset.split("/", 1)[1]
+    kind, first, second = GLUE[name]
+    object.__setattr__(task, "type", kind)
+    object.__setattr__(task, "text_column", first)
+    object.__setattr__(task, "pair_column", second or "text_pair")
+    try:
+        stored = datasets.load_dataset("nyu-mll/glue", name)
+    except Exception as e:  # offline, or the Hub refused: one line, not a traceback
+        raise XdrayError(f"task '{task.name}': preset {task.preset} could not be loaded ({type(e).__name__}); fix: "
+                         "it needs network access to the Hugging Face Hub; offline, save it with save_to_disk and "
+                         "give its directory as train/dev/test with format: hf_disk") from None
+    train = [(f"{task.preset}[train] row {i}", r) for i, r in enumerate(stored["train"])]
+    order = random.Random(seed).sample(range(len(train)), len(train))
+    held = set(order[:min(GLUE_DEV_ROWS, len(train) // 10)])
+    test = stored["validation_matched" if name == "mnli" else "validation"]
+    raw = {"train": [r for i, r in enumerate(train) if i not in held], "dev": [train[i] for i in sorted(held)],
+           "test": [(f"{task.preset}[validation] row {i}", r) for i, r in enumerate(test)]}
+    return kind, raw, _classlabel_names(stored["train"], task)
