@@ -172,6 +172,23 @@ def test_a_glue_preset_offline_fails_in_one_line():
         load_task(TransferTask(name="sst2", preset="glue/sst2"))
 
 
+def test_a_transfer_only_config_runs_transfer_and_refuses_other_steps(tasks, encoder, tmp_path):
+    from xdray.config import ConfigError, validate_config
+    from xdray.runtime import check_inputs, pipeline_steps
+
+    raw = transfer_config(tasks, encoder, tmp_path / "out")
+    cfg = validate_config(raw)
+    check_inputs(cfg, ("transfer",))
+    assert pipeline_steps(cfg) == ("transfer",)
+    with pytest.raises(ConfigError, match=r"^data: required for xdray distill; fix: add the data section"):
+        check_inputs(cfg, ("distill",))
+    del raw["transfer"]["student"]  # the default: this output directory's distilled student, not there yet
+    with pytest.raises(ConfigError, match=r"^transfer.student: not found: .*distill/student; fix: run `xdray distill`"):
+        check_inputs(validate_config(raw), ("transfer",))
+    with pytest.raises(ConfigError, match=r"^data: required key is missing; fix: .*or a transfer section"):
+        validate_config({"output_dir": str(tmp_path)})
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Metrics against hand-computed values
 

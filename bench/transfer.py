@@ -1,0 +1,124 @@
+"""Task transfer on real data: does a student distilled on one task fine-tune well on tasks it never saw?
+
+Source: the VADER movie task (``xdray data samples``). Teacher MiniLM-L6 fine-tuned on it, transfer corpus
+labelled, and a 3-layer student of the teacher's width (384 hidden, 12 heads, FFN 1536; initialised from
+MiniLM's blocks as the paper initialises from MiniLM) distilled with the paper's schedule.
+Targets (``xdray data transfer-sets``): WordNet 3.0 verb supersenses (15 classes, definitions) and VADER tweets
+as regression (mean human rating; Pearson). Arms, each fine-tuned with ``xdray transfer`` on the same splits:
+  distilled   the distilled student;
+  random      the same architecture, random weights;
+  truncated   MiniLM-L6 truncated to the student's 3 blocks (evenly spaced, top kept), not distilled;
+  teacher     the MiniLM-L6 backbone itself (6 layers).
+Prints one JSON line per arm and task (mean ± std over seeds) and writes ``transfer.md`` (the paper's layout:
+params, speedup at batch 1 on one CPU thread, one column per task, average). Finished runs are reused.
+
+    python bench/transfer.py [--quick] [--seeds 3] [--out outputs/bench/transfer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from quality import base_config, run  # the source-task teacher/label/distill runs, as the quality bench makes them
+
+from xdray.config import StudentConfig
+from xdray.data.samples import prepare_samples
+from xdray.data.transfer_sets import prepare_transfer_sets
+from xdray.models.student import build_student
+from xdray.models.teacher import load_classifier
+
+STUDENT = {"layers": 3, "hidden": 384, "heads": 12, "intermediate": 1536}
+TASKS = {"wordnet_verbs": "classification", "vader_tweets": "regression"}
+ARMS = ("distilled", "random", "truncated", "teacher")
+
+
+def source_student(samples: Path, out: Path, quick: bool) -> Path:
+    """Teacher → label → distill on the movie task; returns the distilled student's directory."""
+    raw = base_config(samples, out, quick)
+    raw["distill"]["student"] = STUDENT | {"init": f"pretrained:{samples / 'minilm-l6'}", "embeddings": "copy"}
+    for step in ("teacher", "label", "distill"):
+        summary = run(raw, step)
+    return Path(summary["model_dir"])
+
+
+def baseline(samples: Path, out: Path, init: str) -> Path:
+    """The student's architecture from random weights, or MiniLM's blocks without distillation."""
+    dest = out / f"{init}-student"
+    if not (dest / "config.json").exists():
+        spec = StudentConfig(**STUDENT, init="random" if init == "random" else f"pretrained:{samples / 'minilm-l6'}",
+                             embeddings="random" if init == "random" else "copy")
+        minilm, tokenizer = load_classifier(str(samples / "minilm-l6"), num_labels=2)
+        build_student(spec, minilm, 2, seed=0).save_pretrained(dest, safe_serialization=True)
+        tokenizer.save_pretrained(dest)
+    return dest
+
+
+def transfer(student: Path, sets: Path, out: Path, task: str, seed: int, quick: bool) -> dict:
+    raw = {
+        "output_dir": str(out), "seed": seed,
+        "mlflow": {"tracking_uri": f"sqlite:///{out.parents[2] / 'mlflow.db'}", "experiment": "xdray-bench-transfer"},
+        "transfer": {
+            "student": str(student), "epochs": 3 if quick else 5, "patience": 2, "lr": 1.0e-4, "batch_size": 32,
+            "workers": 2, "cpus_per_worker": 1, "deepspeed": {"zero_stage": 2},
+            "tasks": [{"name": task, "type": TASKS[task], "max_length": 64,
+                       "max_train_rows": 2000 if quick else None,
+                       **{role: str(sets / task / f"{role}.tsv") for role in ("train", "dev", "test")}}],
+        },
+    }
+    return run(raw, "transfer")["tasks"][task]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2,000 train rows per task, 3 epochs")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/transfer"))
+    parser.add_argument("--samples", type=Path, default=Path("data/samples"))
+    parser.add_argument("--sets", type=Path, default=Path("data/transfer"))
+    args = parser.parse_args(argv)
+    seeds = 1 if args.quick else args.seeds
+    out = args.out.resolve()
+    samples, sets = args.samples.resolve(), args.sets.resolve()
+    prepare_samples(samples)
+    prepare_transfer_sets(sets)
+    students = {"distilled": source_student(samples, out / "source", args.quick),
+                "random": baseline(samples, out, "random"), "truncated": baseline(samples, out, "truncated"),
+                "teacher": samples / "minilm-l6"}
+    rows = []
+    for arm in ARMS:
+        for task in TASKS:
+            runs = [transfer(students[arm], sets, out / arm / task / f"seed{s}", task, s, args.quick)
+                    for s in range(seeds)]
+            scores = [r["test"]["score"] for r in runs]
+            row = {"arm": arm, "task": task, "metric": runs[0]["metric"], "mean": round(statistics.mean(scores), 4),
+                   "std": round(statistics.stdev(scores), 4) if len(scores) > 1 else 0.0,
+                   "params": runs[0]["params"]["total"], "latency_ms": min(r["latency_ms"] for r in runs),
+                   "seeds": seeds}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    (out / "transfer.md").write_text(markdown(rows, args.quick, seeds))
+    print(f"table: {out / 'transfer.md'}", file=sys.stderr)
+    return 0
+
+
+def markdown(rows: list[dict], quick: bool, seeds: int) -> str:
+    teacher_ms = statistics.mean(r["latency_ms"] for r in rows if r["arm"] == "teacher")
+    lines = ["| arm | params | speedup | " + " | ".join(f"{t} ({TASKS[t]})" for t in TASKS) + " | average |",
+             "|---|---|---|" + "---|" * len(TASKS) + "---|"]
+    for arm in ARMS:
+        mine = [r for r in rows if r["arm"] == arm]
+        ms = statistics.mean(r["latency_ms"] for r in mine)
+        cells = [f"{r['mean'] * 100:.1f} ± {r['std'] * 100:.1f} ({r['metric']})" for r in mine]
+        average = statistics.mean(r["mean"] for r in mine) * 100
+        lines.append(f"| {arm} | {mine[0]['params'] / 1e6:.1f}M | {teacher_ms / ms:.1f}x | " + " | ".join(cells)
+                     + f" | {average:.1f} |")
+    note = "quick: 1 seed, 2,000 train rows per task, 3 epochs" if quick else f"{seeds} seeds, full splits, 5 epochs"
+    return "\n".join(lines) + f"\n\n({note}; speedup = teacher ms / arm ms per sentence, batch 1, 1 CPU thread)\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
