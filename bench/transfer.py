@@ -74,13 +74,13 @@ def transfer(student: Path, sets: Path, out: Path, task: str, seed: int, quick: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2,000 train rows per task, 3 epochs")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2,000 train rows per task, 3 epochs, 1 seed")
+    parser.add_argument("--seeds", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/transfer"))
     parser.add_argument("--samples", type=Path, default=Path("data/samples"))
     parser.add_argument("--sets", type=Path, default=Path("data/transfer"))
     args = parser.parse_args(argv)
-    seeds = 1 if args.quick else args.seeds
+    seeds = args.seeds or (1 if args.quick else 3)
     out = args.out.resolve()
     samples, sets = args.samples.resolve(), args.sets.resolve()
     prepare_samples(samples)
@@ -116,7 +116,8 @@ def markdown(rows: list[dict], quick: bool, seeds: int) -> str:
         average = statistics.mean(r["mean"] for r in mine) * 100
         lines.append(f"| {arm} | {mine[0]['params'] / 1e6:.1f}M | {teacher_ms / ms:.1f}x | " + " | ".join(cells)
                      + f" | {average:.1f} |")
-    note = "quick: 1 seed, 2,000 train rows per task, 3 epochs" if quick else f"{seeds} seeds, full splits, 5 epochs"
+    note = (f"quick: 2,000 train rows per task, 3 epochs, {seeds} seed(s)" if quick
+            else f"{seeds} seeds, full splits, 5 epochs")
     return "\n".join(lines) + f"\n\n({note}; speedup = teacher ms / arm ms per sentence, batch 1, 1 CPU thread)\n"
 
 

@@ -120,15 +120,15 @@ def _fraction(value) -> float | None:
 
 
 def _as_int(value) -> int | None:
+    """An integer class id (``3``, ``3.0``, ``"3"``), or None for anything else (a class name)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        return int(str(value).strip())
+    except ValueError:
         return None
-    return int(number) if number.is_integer() and str(value).strip().lstrip("-").replace(".", "", 1).isdigit() else None
 
 
 def _refuse_fraction(where: str, value, task: TransferTask) -> None:
