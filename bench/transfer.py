@@ -62,7 +62,7 @@ def transfer(student: Path, sets: Path, out: Path, task: str, seed: int, quick: 
         "output_dir": str(out), "seed": seed,
         "mlflow": {"tracking_uri": f"sqlite:///{out.parents[2] / 'mlflow.db'}", "experiment": "xdray-bench-transfer"},
         "transfer": {
-            "student": str(student), "epochs": 3 if quick else 5, "patience": 2, "lr": 1.0e-4, "batch_size": 32,
+            "student": str(student), "epochs": 4 if quick else 5, "patience": 2, "lr": 1.0e-4, "batch_size": 16,
             "workers": 2, "cpus_per_worker": 1, "deepspeed": {"zero_stage": 2},
             "tasks": [{"name": task, "type": TASKS[task], "max_length": 64,
                        "max_train_rows": 2000 if quick else None,
@@ -74,7 +74,7 @@ def transfer(student: Path, sets: Path, out: Path, task: str, seed: int, quick: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 train rows per task, 3 epochs, 1 seed")
+    parser.add_argument("--quick", action="store_true", help="2,000 train rows per task, 4 epochs, 1 seed")
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/transfer"))
     parser.add_argument("--samples", type=Path, default=Path("data/samples"))
@@ -116,7 +116,7 @@ def markdown(rows: list[dict], quick: bool, seeds: int) -> str:
         average = statistics.mean(r["mean"] for r in mine) * 100
         lines.append(f"| {arm} | {mine[0]['params'] / 1e6:.1f}M | {teacher_ms / ms:.1f}x | " + " | ".join(cells)
                      + f" | {average:.1f} |")
-    note = (f"quick: 2,000 train rows per task, 3 epochs, {seeds} seed(s)" if quick
+    note = (f"quick: 2,000 train rows per task, 4 epochs, {seeds} seed(s)" if quick
             else f"{seeds} seeds, full splits, 5 epochs")
     return "\n".join(lines) + f"\n\n({note}; speedup = teacher ms / arm ms per sentence, batch 1, 1 CPU thread)\n"
 
