@@ -352,10 +352,7 @@ class DistillConfig(TrainerConfig):
     @field_validator("stages")
     @classmethod
     def _unique_stage_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
-        names = [s.name for s in stages]
-        if len(names) != len(set(names)):
-            raise ValueError(f"stage names must be unique, got {names}; fix: rename the repeated stage")
-        return stages
+        return _unique_names(stages, "stage")
 
     @model_validator(mode="after")
     def _offline_targets_exist(self) -> DistillConfig:
@@ -572,10 +569,7 @@ class TransferConfig(TrainerConfig):
     @field_validator("tasks")
     @classmethod
     def _unique_task_names(cls, tasks: list[TransferTask]) -> list[TransferTask]:
-        names = [t.name for t in tasks]
-        if len(names) != len(set(names)):
-            raise ValueError(f"task names must be unique, got {names}; fix: rename the repeated task")
-        return tasks
+        return _unique_names(tasks, "task")
 
 
 class XdrayConfig(_Section):
@@ -673,6 +667,13 @@ class XdrayConfig(_Section):
     @property
     def transfer_student(self) -> str:
         return (self.transfer.student if self.transfer else None) or str(self.step_dir("distill") / "student")
+
+
+def _unique_names(items: list, what: str) -> list:
+    names = [item.name for item in items]
+    if len(names) != len(set(names)):
+        raise ValueError(f"{what} names must be unique, got {names}; fix: rename the repeated {what}")
+    return items
 
 
 def looks_local(name: str) -> bool:

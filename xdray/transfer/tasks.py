@@ -52,10 +52,6 @@ class TaskData:
         return len(self.names) if self.names else 1
 
     @property
-    def tokens(self) -> bool:
-        return self.type == "token_classification"
-
-    @property
     def pairs(self) -> bool:
         return any("text_pair" in row for row in self.train[:1])
 
@@ -78,9 +74,6 @@ def load_task(task: TransferTask, seed: int = 0) -> TaskData:
                        kind)
         splits = {role: [_text_row(where, r, task, _class_id(where, _field(where, r, task.label_column), names, task))
                          for where, r in records] for role, records in raw.items()}
-        if kind == "pair_classification":
-            for where, r in raw["train"][:1]:
-                _field(where, r, task.pair_column)
     for role, rows in splits.items():
         if not rows:
             raise XdrayError(f"task '{task.name}': the {role} split has no rows; fix: point tasks[].{role} at a "
