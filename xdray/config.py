@@ -347,6 +347,11 @@ class DistillConfig(TrainerConfig):
     teacher runs inside the workers (needed for attention and token-level losses)."""
     labels: Path | None = None
     """Labelled Parquet directory; None = <output_dir>/label/data."""
+    transfer_cache: Literal["auto", "memory", "stream"] = "auto"
+    """How the workers get the labelled transfer set each epoch. ``memory``: read once into Ray's object store
+    (a re-read costs seconds of start-up every epoch); ``stream``: read from the files again every epoch, for
+    sets larger than the object store; ``auto``: ``memory`` when the Parquet files take under an eighth of the
+    cluster's object store."""
     workers: int = Field(2, ge=1)
 
     @field_validator("stages")

@@ -63,10 +63,20 @@ def student_data(cfg: XdrayConfig, train: LabeledSplit, dev: LabeledSplit, stage
         datasets["train"] = ray.data.from_items(train.rows())
     if "transfer" in sources:
         check_labels(cfg, student_layers, any("hidden" in s["loss"] for s in stages))
-        datasets["transfer"] = ray.data.read_parquet(str(cfg.labels_dir / "transfer"), file_extensions=["parquet"])
+        transfer = ray.data.read_parquet(str(cfg.labels_dir / "transfer"), file_extensions=["parquet"])
+        keep = in_memory(cfg.distill.transfer_cache, cfg.labels_dir / "transfer")
+        datasets["transfer"] = transfer.materialize() if keep else transfer
         if cfg.distill.teacher_mode == "offline":
             dev_table = pq.read_table(cfg.labels_dir / "dev")
     return datasets, dev_table
+
+
+def in_memory(mode: str, parquet_dir: Path) -> bool:
+    """Whether the transfer set is read into the object store once rather than from its files every epoch."""
+    if mode != "auto":
+        return mode == "memory"
+    size = sum(f.stat().st_size for f in parquet_dir.rglob("*.parquet"))
+    return size * 8 < ray.cluster_resources().get("object_store_memory", 0)
 
 
 def check_student_fits(cfg: XdrayConfig, student: StudentConfig, hidden: bool,

@@ -38,7 +38,7 @@ from xdray.models.student import build_student, encoder_blocks, param_counts
 from xdray.models.teacher import load_classifier
 from xdray.transfer.metrics import task_metrics
 from xdray.transfer.model import load_task_model, task_collate
-from xdray.runtime import file_stamp, replace_dir, staging_dir
+from xdray.runtime import file_stamp, keep_freed_memory, replace_dir, staging_dir
 
 LOG_EVERY = 20
 DEV_BATCH = 64
@@ -173,6 +173,7 @@ class DeepSpeedBackend:
 def worker_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     spec = TrainSpec(**config)
+    keep_freed_memory()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed  # after DS_ACCELERATOR is set
