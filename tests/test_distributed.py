@@ -22,7 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from xdray.config import load_config
 from xdray.runtime import read_json
-from xdray.steps import run_distill
+from xdray.steps import in_memory, run_distill
 from xdray.tracking import Tracker, tracking_uri
 
 from .conftest import tiny_config
@@ -101,10 +101,12 @@ def test_a_restarted_driver_resumes_from_the_last_checkpoint(job):
 
 @pytest.fixture(scope="module")
 def runs(job, ray_local) -> dict:
-    """The same seeded job under ZeRO 0, 2 and 3 (one process: the module's Ray)."""
+    """The same seeded job under ZeRO 0, 2 and 3 (one process: the module's Ray). ZeRO 2 streams the transfer
+    set from its files every epoch; the others read it into the object store once (``auto`` on a small set)."""
     results = {}
     for stage in (0, 2, 3):
-        cfg = load_config(variant(job, f"zero{stage}", deepspeed={"zero_stage": stage}))
+        cache = {"transfer_cache": "stream"} if stage == 2 else {}
+        cfg = load_config(variant(job, f"zero{stage}", deepspeed={"zero_stage": stage}, **cache))
         results[stage] = (cfg, run_distill(cfg, Tracker.for_config(cfg)))
     return results
 
@@ -115,6 +117,17 @@ def step_losses(cfg, summary: dict) -> dict[str, list[float]]:
     keys = sorted(k for k in run.data.metrics if k.startswith("train/") and k.endswith("/total"))
     return {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
             for k in keys}
+
+
+def test_transfer_set_is_kept_in_the_object_store_only_when_it_fits(ray_local, tmp_path):
+    small, huge = tmp_path / "small", tmp_path / "huge"
+    small.mkdir(), huge.mkdir()
+    (small / "chunk-000000.parquet").write_bytes(b"x" * 4096)
+    object_store = ray_local.cluster_resources()["object_store_memory"]
+    with open(huge / "chunk-000000.parquet", "wb") as f:  # sparse: the object store's size without the bytes
+        f.truncate(int(object_store))
+    assert in_memory("auto", small) and not in_memory("auto", huge)
+    assert in_memory("memory", huge) and not in_memory("stream", small)
 
 
 def test_zero_2_and_3_follow_the_zero_0_loss_curve(runs):
