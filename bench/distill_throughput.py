@@ -6,8 +6,10 @@
 - student: L3-H256-A4-F1024 (the quality benchmark's), PCA embeddings; one stage of logits MSE on the transfer
   set for ``--epochs`` epochs.
 - xdray, 1 worker with every core (``cpus_per_worker`` = cores, so torch gets as many threads as the bare loop),
-  and 2 workers x 1 core. ``samples_per_s`` is what the workers measure over their training loops (Ray Data
-  shard iteration, collation, forward, DeepSpeed backward/step; dev evaluation excluded, as in the bare loop);
+  under ``--zero-stage`` and under ZeRO-0 (one rank has nothing to partition, so ZeRO-0 is what a 1-worker job
+  would use), and 2 workers x 1 core under ``--zero-stage``. ``samples_per_s`` is what the workers measure over
+  their training loops (Ray Data shard iteration, collation, forward, DeepSpeed backward/step; dev evaluation
+  excluded, as in the bare loop);
   ``wall_s`` includes Ray Train start-up, engine build, dev evaluation, export and MLflow.
 - bare: the same ``collate``/``Objective``/student code, AdamW over the same parameter groups, gradient
   clipping 1.0, a per-epoch shuffle of the Parquet table; timed over the training loop. ``ratio_vs_bare`` is
@@ -48,7 +50,8 @@ MAX_LENGTH = 64
 STUDENT = {"layers": 3, "hidden": 256, "heads": 4, "intermediate": 1024}
 
 
-def config(samples: Path, out: Path, corpus: Path, teacher_dir: Path, args, workers: int, cpus: float) -> dict:
+def config(samples: Path, out: Path, corpus: Path, teacher_dir: Path, args, workers: int, cpus: float,
+           zero_stage: int | None = None) -> dict:
     movie = samples / "movie"
     return {
         "output_dir": str(out), "seed": 0,
@@ -59,7 +62,7 @@ def config(samples: Path, out: Path, corpus: Path, teacher_dir: Path, args, work
         "label": {"teacher": str(teacher_dir), "batch_size": 64, "actors": 2, "hidden_states": "none"},
         "distill": {
             "student": STUDENT, "workers": workers, "cpus_per_worker": cpus, "batch_size": args.batch_size,
-            "lr": 1e-3, "deepspeed": {"zero_stage": args.zero_stage},
+            "lr": 1e-3, "deepspeed": {"zero_stage": args.zero_stage if zero_stage is None else zero_stage},
             "stages": [{"name": "logits", "data": "transfer", "loss": "logits_mse", "epochs": args.epochs}],
             "labels": str(out.parent / "labelled" / "label" / "data"),
         },
@@ -127,6 +130,7 @@ def main() -> None:
         if not (labelled.labels_dir / "_manifest.json").is_file():
             run_step(labelled, Tracker.for_config(labelled), "label")
         one = xdray_run(config(samples, out / "one", corpus, teacher_dir, args, 1, cores))
+        one_zero0 = xdray_run(config(samples, out / "one-zero0", corpus, teacher_dir, args, 1, cores, zero_stage=0))
         two = xdray_run(config(samples, out / "two", corpus, teacher_dir, args, 2, 1))
     finally:
         ray.shutdown()
@@ -138,6 +142,8 @@ def main() -> None:
         "zero_stage": args.zero_stage, "student": STUDENT, "cpu_count": cores,
         "samples_per_s": one["samples_per_s"], "bare_samples_per_s": round(bare, 1),
         "ratio_vs_bare": round(one["samples_per_s"] / bare, 3), "wall_s": one["wall_s"],
+        "samples_per_s_zero0": one_zero0["samples_per_s"],
+        "ratio_zero0_vs_bare": round(one_zero0["samples_per_s"] / bare, 3), "wall_s_zero0": one_zero0["wall_s"],
         "bare_kept_samples_per_s": round(bare_kept, 1), "ratio_vs_bare_kept": round(one["samples_per_s"] / bare_kept, 3),
         "samples_per_s_2_workers": two["samples_per_s"], "ratio_2_workers_vs_bare": round(two["samples_per_s"] / bare, 3),
         "wall_s_2_workers": two["wall_s"],
