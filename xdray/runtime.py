@@ -168,7 +168,7 @@ def keep_freed_memory() -> bool:
     glibc serves every block above its mmap threshold (32 MiB at most) with a fresh ``mmap`` and unmaps it on
     free, so a training step that allocates the same large buffers every time (DeepSpeed's flat ZeRO gradient
     partitions, the fp64 copy for its gradient norm, a 30k-row embedding gradient) page-faults them in anew:
-    on CPU workers that was up to a fifth of the step in the kernel. This is what jemalloc or tcmalloc, the
+    on CPU that was 13–18% of a ZeRO-2 step in the kernel. This is what jemalloc or tcmalloc, the
     allocators recommended for PyTorch on CPU, do too. Returns whether the settings took (False off glibc)."""
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
