@@ -31,7 +31,10 @@ def two_nodes():
         cluster.shutdown()
 
 
-def test_label_and_distill_use_both_nodes(two_nodes, tiny_task, tmp_path):
+def test_label_and_distill_use_both_nodes(two_nodes, tiny_task, tmp_path, monkeypatch):
+    # Ray Data starts a pool's actors asynchronously: on the tiny corpus the first actor up can label every chunk
+    # before the second is placed (a flake seen in CI). Waiting for the whole pool makes placement the only variable.
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
     job = tmp_path / "job.yaml"
@@ -44,8 +47,7 @@ def test_label_and_distill_use_both_nodes(two_nodes, tiny_task, tmp_path):
         assert main([step, str(job)]) == 0
 
     actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(ChunkLabeler))")], limit=100)
-    # actors the pool asked for but never placed have no node; every placed one must cover both nodes
-    assert {a.node_id for a in actors if a.node_id} == nodes
+    assert len(actors) == 2 and {a.node_id for a in actors} == nodes
     summary = json.loads((tmp_path / "out" / "distill" / "summary.json").read_text())
     assert set(summary["worker_nodes"]) == nodes
     assert summary["test_accuracy"] > 0.7
