@@ -21,7 +21,8 @@ class StudentConfig(Section):
     embedding_size: int | None = Field(None, ge=8)
     """None = hidden (a BERT student); smaller than hidden = a factorized (ALBERT-style, unshared) student."""
     init: str = "random"
-    """``random``, ``teacher-layers`` (copy teacher blocks; widths must match) or ``pretrained:<path or hub id>``."""
+    """``random``, ``teacher-layers`` (copy teacher blocks) or ``pretrained:<path or hub id>``: hidden and heads must
+    match the source; an FFN narrower than the source's keeps its most important neurons (weight-norm pruning)."""
     init_layers: list[int] | None = None
     """Source blocks copied by teacher-layers/pretrained (0-based, bottom first); None = evenly spaced, top included."""
     embeddings: Literal["pca", "copy", "random"] = "pca"
