@@ -190,8 +190,31 @@ def test_teacher_layers_and_pretrained_init_copy_blocks(tmp_path):
     from_disk = build_student(pre, _teacher(hidden=32, heads=4, layers=4, seed=1), 2)
     assert torch.equal(from_disk.bert.encoder.layer[0].attention.self.query.weight,
                        AutoModel.from_pretrained(tmp_path / "small").encoder.layer[1].attention.self.query.weight)
-    with pytest.raises(XdrayError, match="hidden/intermediate"):
-        build_student(spec.model_copy(update={"hidden": 64, "heads": 4, "intermediate": 128}), teacher, 2)
+    for wrong in ({"hidden": 64, "intermediate": 128}, {"heads": 2}, {"intermediate": 128}):
+        with pytest.raises(XdrayError, match="the source has hidden 32, heads 4, FFN 64"):
+            build_student(spec.model_copy(update=wrong), teacher, 2)
+
+
+def test_a_narrower_ffn_keeps_the_source_neurons_that_matter():
+    """Half of each teacher FFN is made inert (zero input weights and bias: GELU(0) = 0); pruning to the other half
+    must then reproduce the teacher exactly, and pick the neurons by weight norm, not by position."""
+    teacher = _teacher(hidden=32, heads=4, layers=2)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for block in teacher.bert.encoder.layer:
+            inert = torch.randperm(64, generator=g)[:32]
+            block.intermediate.dense.weight[inert] = 0
+            block.intermediate.dense.bias[inert] = 0
+    spec = StudentConfig(layers=2, hidden=32, heads=4, intermediate=32, init="teacher-layers", embeddings="copy")
+    student = build_student(spec, teacher, 2).eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        want = teacher.bert(**inputs).last_hidden_state
+        got = student.bert(**inputs).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    live = (teacher.bert.encoder.layer[0].intermediate.dense.weight.abs().sum(1) > 0).nonzero().flatten()
+    assert torch.equal(student.bert.encoder.layer[0].output.dense.weight,
+                       teacher.bert.encoder.layer[0].output.dense.weight[:, live])
 
 
 def test_student_config_rejects_impossible_combinations():

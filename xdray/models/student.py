@@ -3,8 +3,9 @@
 - ``embedding_size == hidden``: a BERT student; ``embedding_size < hidden``: an ALBERT student with unshared
   layers (``num_hidden_groups == num_hidden_layers``) and a factorized embedding. Both save with
   ``save_pretrained`` and load with ``AutoModelForSequenceClassification`` without remote code.
-- ``init``: ``random``; ``teacher-layers`` (copy a subset of the teacher's blocks, widths must match);
-  ``pretrained:<path or hub id>`` (a small pre-trained encoder such as MiniLM, as the paper does).
+- ``init``: ``random``; ``teacher-layers`` (copy a subset of the teacher's blocks);
+  ``pretrained:<path or hub id>`` (a small pre-trained encoder such as MiniLM, as the paper does). Hidden size
+  and heads must match the source; a narrower FFN keeps the source's most important neurons.
 - Word embeddings: ``pca`` (the teacher's matrix projected onto its top principal components — also how the
   student takes on the teacher's vocabulary), ``copy`` (from the init source) or ``random``.
 """
@@ -81,12 +82,13 @@ def check_student(spec: StudentConfig, teacher: PretrainedConfig) -> None:
 
 def check_source(spec: StudentConfig, source: PretrainedConfig, vocab_size: int) -> None:
     what = f"distill.student.init={spec.init}"
-    widths = (getattr(source, "hidden_size", None), getattr(source, "intermediate_size", None))
-    want = (spec.hidden, spec.intermediate or 4 * spec.hidden)
-    if widths != want:
+    hidden, heads = getattr(source, "hidden_size", None), getattr(source, "num_attention_heads", None)
+    ffn = getattr(source, "intermediate_size", None)
+    if (spec.hidden, spec.heads) != (hidden, heads) or ffn is None or (spec.intermediate or 4 * spec.hidden) > ffn:
         raise XdrayError(
-            f"{what}: the source has hidden/intermediate {widths}, the student {want}; "
-            "fix: give the student the same widths or use init: random"
+            f"{what}: the source has hidden {hidden}, heads {heads}, FFN {ffn}; the student needs the same hidden "
+            f"and heads and an FFN of at most {ffn} (got {spec.hidden}, {spec.heads}, "
+            f"{spec.intermediate or 4 * spec.hidden}); fix: match the source's widths or use init: random"
         )
     layers = source.num_hidden_layers
     chosen = spec.init_layers or []
@@ -119,7 +121,24 @@ def _copy_encoder(source: nn.Module, student: nn.Module, chosen: list[int] | Non
             dst[:rows].copy_(src[:rows])
         student.embeddings.LayerNorm.load_state_dict(source.embeddings.LayerNorm.state_dict())
         for dst, i in zip(student.encoder.layer, chosen):
-            dst.load_state_dict(src_layers[i].state_dict())
+            _copy_block(src_layers[i], dst)
+
+
+def _copy_block(src: nn.Module, dst: nn.Module) -> None:
+    """Copy one BERT block. A narrower FFN keeps the source's most important neurons (largest product of input-row
+    and output-column norms), so the pruned block starts close to the source's function rather than from noise."""
+    width = dst.intermediate.dense.out_features
+    if width == src.intermediate.dense.out_features:
+        dst.load_state_dict(src.state_dict())
+        return
+    w_in, w_out = src.intermediate.dense.weight, src.output.dense.weight
+    keep = (w_in.norm(dim=1) * w_out.norm(dim=0)).topk(width).indices.sort().values
+    dst.attention.load_state_dict(src.attention.state_dict())
+    dst.output.LayerNorm.load_state_dict(src.output.LayerNorm.state_dict())
+    dst.intermediate.dense.weight.copy_(w_in[keep])
+    dst.intermediate.dense.bias.copy_(src.intermediate.dense.bias[keep])
+    dst.output.dense.weight.copy_(w_out[:, keep])
+    dst.output.dense.bias.copy_(src.output.dense.bias)
 
 
 def pca_compress(matrix: torch.Tensor, dim: int) -> torch.Tensor:

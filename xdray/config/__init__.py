@@ -1,0 +1,202 @@
+"""One typed config tree for every xdray command; the YAML files in ``jobs/`` mirror it 1:1. Each section lives in
+the module of its pipeline step (data, label, distill, search, transfer); this module is the root and the loader.
+
+Validation happens here, before any Ray work starts, and every problem becomes one line that names the
+key and the fix (``ConfigError``). Relative paths are resolved against the current directory at load time,
+because Ray workers run in other directories.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from xdray.config.base import ConfigError, one_line, Section, looks_local
+from xdray.config.data import CORPUS_FORMATS, CleaningConfig, DataConfig, TransferSource
+from xdray.config.distill import (
+    REPRESENTATION_LOSSES, TEACHER_LOSSES, DistillConfig, LossName, RepresentationConfig, StageConfig, StudentConfig,
+)
+from xdray.config.label import LabelConfig, TeacherConfig
+from xdray.config.search import (
+    OBJECTIVES, SEARCH_DIMENSIONS, AshaConfig, BudgetConfig, LatencyConfig, SearchConfig, SearchSpace,
+)
+from xdray.config.trainer import DeepSpeedConfig, TrainerConfig
+from xdray.config.transfer import GLUE_PRESETS, TASK_FORMATS, TASK_TYPES, TransferConfig, TransferTask
+
+__all__ = [
+    "CORPUS_FORMATS", "GLUE_PRESETS", "OBJECTIVES", "REPRESENTATION_LOSSES", "SEARCH_DIMENSIONS", "TASK_FORMATS",
+    "TASK_TYPES", "TEACHER_LOSSES", "AshaConfig", "BudgetConfig", "CleaningConfig", "ConfigError", "DataConfig",
+    "DeepSpeedConfig", "DistillConfig", "LabelConfig", "LatencyConfig", "LossName", "MlflowConfig", "RayConfig",
+    "RepresentationConfig", "SearchConfig", "SearchSpace", "StageConfig", "StudentConfig", "TeacherConfig",
+    "TrainerConfig", "TransferConfig", "TransferSource", "TransferTask", "XdrayConfig", "load_config", "load_raw",
+    "looks_local", "validate_config",
+]
+
+
+class RayConfig(Section):
+    address: str | None = None
+    """Ray cluster address (``auto``, ``ray://host:10001``); None starts a local Ray instance."""
+    num_cpus: int | None = Field(None, ge=1)
+    """Logical CPUs of a local instance; None = max(4, cores) so Ray Data tasks are not starved by workers."""
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = None
+    """None = $MLFLOW_TRACKING_URI if set, else a SQLite store at <output_dir>/mlflow.db (artifacts beside it)."""
+    experiment: str = "xdray"
+
+
+class XdrayConfig(Section):
+    output_dir: Path
+    seed: int = 0
+    ray: RayConfig = RayConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    data: DataConfig | None = None
+    """The source task and transfer corpora: required by teacher, label, distill, search and the pipeline."""
+    teacher: TeacherConfig | None = None
+    """Required with ``data``."""
+    label: LabelConfig = LabelConfig()
+    distill: DistillConfig = DistillConfig()
+    search: SearchConfig = SearchConfig()
+    transfer: TransferConfig | None = None
+    """Target tasks for ``xdray transfer`` (and the pipeline's last step when present)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_a_job(cls, raw: Any) -> Any:
+        """A config distils (data + teacher), transfers, or both; anything else is missing its core."""
+        if isinstance(raw, dict) and not raw.get("transfer"):
+            for key in ("data", "teacher"):
+                if raw.get(key) is None:
+                    raise ValueError(f"{key}: required key is missing; fix: add it to the config (see "
+                                     "jobs/quickstart.yaml), or a transfer section for a transfer-only job")
+        return raw
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> XdrayConfig:
+        """Make every path absolute now: Ray workers and Tune trials run in other working directories."""
+        object.__setattr__(self, "output_dir", self.output_dir.expanduser().resolve())
+        d = self.data
+        for key in ("train", "dev", "test"):
+            if d is not None:
+                object.__setattr__(d, key, getattr(d, key).expanduser().resolve())
+            for task in self.transfer.tasks if self.transfer else ():
+                if getattr(task, key) is not None:
+                    object.__setattr__(task, key, getattr(task, key).expanduser().resolve())
+        for source in d.transfer if d is not None else ():
+            if source.path is not None:
+                object.__setattr__(source, "path", source.path.expanduser().resolve())
+        if self.label.teacher is not None:
+            object.__setattr__(self.label, "teacher", self.label.teacher.expanduser().resolve())
+        if self.distill.labels is not None:
+            object.__setattr__(self.distill, "labels", self.distill.labels.expanduser().resolve())
+        if self.teacher is not None and looks_local(self.teacher.backbone):
+            object.__setattr__(self.teacher, "backbone", str(Path(self.teacher.backbone).expanduser().resolve()))
+        if self.transfer is not None and self.transfer.student and looks_local(self.transfer.student):
+            object.__setattr__(self.transfer, "student", str(Path(self.transfer.student).expanduser().resolve()))
+        return self
+
+    @model_validator(mode="after")
+    def _search_trials_can_run(self) -> XdrayConfig:
+        """Trials train with the distill settings on ``workers_per_trial`` workers: check that too, up front."""
+        if self.data is None:
+            return self
+        try:
+            self.search_trainer()
+        except ValidationError as e:
+            raise ValueError(f"search.workers_per_trial={self.search.workers_per_trial}: "
+                             f"{one_line(e).removeprefix('deepspeed.')}") from None
+        from xdray.search.space import every_candidate  # the space's students, checked as distill.student is
+
+        try:
+            every_candidate(self)
+        except ValidationError as e:
+            raise ValueError(f"search.space with distill.student gives an invalid student: {one_line(e)}") from None
+        return self
+
+    def search_trainer(self) -> DistillConfig:
+        return DistillConfig.model_validate({**self.distill.model_dump(), "workers": self.search.workers_per_trial})
+
+    def search_schedules(self) -> dict[str, list[StageConfig]]:
+        """The schedules a search trial may run: ``search.space.schedules``, else distill's own."""
+        return self.search.space.schedules or {"distill": self.distill.stages}
+
+    @property
+    def uses_hidden(self) -> bool:
+        """Whether any distillation (distill or a search schedule) trains with the hidden loss."""
+        stages = [s for stages in self.search_schedules().values() for s in stages] + list(self.distill.stages)
+        return any("hidden" in s.loss for s in stages)
+
+    def step_dir(self, step: str) -> Path:
+        return self.output_dir / step
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.label.teacher or self.step_dir("teacher") / "model"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.distill.labels or self.step_dir("label") / "data"
+
+    @property
+    def transfer_student(self) -> str:
+        return (self.transfer.student if self.transfer else None) or str(self.step_dir("distill") / "student")
+
+
+# Loading and overrides
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> XdrayConfig:
+    """Read YAML, apply ``a.b=c`` overrides (values parsed as YAML), validate into an ``XdrayConfig``."""
+    return validate_config(load_raw(path, overrides))
+
+
+def load_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping with overrides applied, paths untouched (``xdray submit`` ships it as it is)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; fix: pass the path of a YAML file such as jobs/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}; fix: correct the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections; fix: see jobs/quickstart.yaml")
+    for item in overrides:
+        _apply_override(raw, item)
+    return raw
+
+
+def validate_config(raw: dict[str, Any]) -> XdrayConfig:
+    try:
+        return XdrayConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key):
+        raise ConfigError(f"bad override '{item}'; fix: write --set section.key=value (e.g. distill.workers=1)")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"bad override '{item}': {part} is not a section; fix: check the key path")
+        node = node.setdefault(part, {})
+    parsed = yaml.safe_load(value) if value else None
+    if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
+        node[int(leaf)] = parsed
+    elif isinstance(node, dict):
+        node[leaf] = parsed
+    else:
+        raise ConfigError(f"bad override '{item}': cannot set {leaf} there; fix: check the key path")

@@ -1,0 +1,104 @@
+"""``data``: the labeled source splits and the unlabeled transfer corpora the teacher labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from xdray.config.base import Section
+
+
+CORPUS_FORMATS = ("text", "jsonl", "csv", "tsv", "parquet", "hf_disk")
+_SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+             ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+
+
+class TransferSource(Section):
+    """One unlabeled corpus. In YAML a bare path is short for ``{path: ...}``."""
+
+    path: Path | None = None
+    """A file, or a directory (of Parquet files, or saved with ``datasets``' ``save_to_disk``)."""
+    hub: str | None = None
+    """A Hugging Face Hub dataset name instead of a path (needs network; streamed, never fully downloaded)."""
+    format: Literal["auto", "text", "jsonl", "csv", "tsv", "parquet", "hf_disk"] = "auto"
+    """``auto``: from the suffix (.txt .jsonl/.json .csv .tsv .parquet) or the directory's contents."""
+    text_column: str = "text"
+    pair_column: str = "text_pair"
+    """Second sentence (``data.pairs``); text files hold ``text<TAB>text_pair`` lines instead."""
+    header: bool = True
+    """CSV/TSV: the first row names the columns; without one, columns are 0-based indices (``"0"``, ``"1"``)."""
+    split: str = "train"
+    """Hub datasets and ``DatasetDict`` directories: which split to read."""
+    subset: str | None = None
+    """Hub datasets: the configuration name."""
+    name: str | None = None
+    """Namespace of this source's row ids when ``data.cleaning.dedupe`` is off; default: the file name or hub name."""
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> TransferSource:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of path and hub; fix: e.g. {path: corpus.txt} or {hub: imdb}")
+        if self.hub is not None and self.format not in ("auto",):
+            raise ValueError("format applies to paths only; fix: remove format for a hub dataset")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.name or (self.hub if self.hub is not None else self.path.name)
+
+    @property
+    def kind(self) -> str:
+        """The reader to use: ``hub`` or one of ``CORPUS_FORMATS``."""
+        if self.hub is not None:
+            return "hub"
+        if self.format != "auto":
+            return self.format
+        if self.path.is_dir():
+            saved = any((self.path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
+            return "hf_disk" if saved else "parquet"
+        return _SUFFIXES.get(self.path.suffix.lower(), "text")
+
+
+class CleaningConfig(Section):
+    """What the labelling job does to the transfer corpus before the teacher sees it. Always: strip whitespace,
+    drop empty rows, replace undecodable bytes (U+FFFD); every kind is counted in the label summary."""
+
+    dedupe: bool = True
+    """Keep one row per exact text (across sources); the row id is then derived from the text alone."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """Rows longer than ``data.max_length`` tokens: truncated to it, or dropped."""
+
+
+class DataConfig(Section):
+    train: Path
+    dev: Path
+    test: Path
+    """Labeled splits: TSV files with a header and columns ``text`` and ``label``."""
+    transfer: list[TransferSource] = Field(min_length=1)
+    """Unlabeled transfer corpora, mixed in one run: paths (text, JSON lines, CSV/TSV, Parquet, ``save_to_disk``
+    directories) or ``{hub: name}``."""
+    pairs: bool = False
+    """Sentence-pair inputs: labeled splits carry a ``text_pair`` column, and so do the transfer sources."""
+    max_length: int = Field(64, ge=8, le=4096)
+    max_train_rows: int | None = Field(None, ge=1)
+    """Subsample the labeled train split (fixed seed) to bound run time; None uses all rows."""
+    max_transfer_rows: int | None = Field(None, ge=1)
+    """Keep this many cleaned transfer rows, a fixed-seed sample by id (memory grows with it, not the corpus)."""
+    cleaning: CleaningConfig = CleaningConfig()
+
+    @field_validator("transfer", mode="before")
+    @classmethod
+    def _bare_paths(cls, value: Any) -> Any:
+        if isinstance(value, (str, Path, dict)):
+            value = [value]
+        return [{"path": v} if isinstance(v, (str, Path)) else v for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> DataConfig:
+        keys = [s.key for s in self.transfer]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"transfer sources share the name {sorted({k for k in keys if keys.count(k) > 1})}; "
+                             "fix: give each a distinct name")
+        return self

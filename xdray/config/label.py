@@ -1,0 +1,39 @@
+"""``teacher`` and ``label``: fine-tune the teacher, then label the transfer corpus with it once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from xdray.config.base import Section
+from xdray.config.trainer import TrainerConfig
+
+
+class TeacherConfig(TrainerConfig):
+    backbone: str
+    """A local HF encoder directory or a hub id; a classification head is added and fine-tuned."""
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    trust_remote_code: bool = False
+
+
+class LabelConfig(Section):
+    teacher: Path | None = None
+    """Teacher directory to label with; None = <output_dir>/teacher/model."""
+    batch_size: int = Field(64, ge=1)
+    """Rows per teacher forward; batches hold rows of similar length (sorted within a chunk)."""
+    chunk_rows: int = Field(1024, ge=1)
+    """Rows per Parquet shard: the unit of work of an actor, of resume, and the length-sorting window (larger
+    for big GPU batches; smaller keeps actors evenly busy at the end of a run)."""
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    """GPUs per actor (fractions share a GPU); 0 runs on CPU."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Teacher forward: ``auto`` = bf16 autocast on GPU, fp32 on CPU."""
+    logits_dtype: Literal["float32", "float16"] = "float32"
+    hidden_states: Literal["auto", "all", "none"] = "auto"
+    """Teacher [CLS] states stored (float16) next to the logits: ``auto`` = the layers that distill and search
+    map to when a stage uses the hidden loss offline; ``all``; ``none``."""

@@ -1,0 +1,71 @@
+"""What every Ray Train + DeepSpeed job shares (teacher fine-tuning, distillation, search trials, transfer)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from xdray.config.base import Section
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: int = Field(2, ge=0, le=3)
+    """ZeRO stage 0-3 (3 partitions the parameters too; the export gathers them)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp16 needs a GPU; bf16 works on CPU and GPU."""
+    grad_clip: float = Field(1.0, ge=0)
+    train_batch_size: int | None = Field(None, ge=1)
+    """Global batch per optimizer step; None = batch_size x workers. Gradient accumulation makes up the rest, so
+    it must be a multiple of batch_size x workers."""
+    offload_optimizer: bool = False
+    """Keep the optimizer state in CPU memory (ZeRO-Offload; needs zero_stage >= 1)."""
+
+
+class TrainerConfig(Section):
+    """What every Ray Train + DeepSpeed job shares (teacher fine-tuning, distillation, search trials)."""
+
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    batch_size: int = Field(32, ge=1)
+    """Per-worker micro batch."""
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    """Each phase's learning rate rises linearly from 0 over its first steps, then stays constant."""
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    checkpoint_every: int | None = Field(1000, ge=1)
+    """Steps between checkpoints (weights, optimizer, schedule position); one is also taken at every stage
+    end. None: stage ends only."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept, the best by dev accuracy (the latest is always kept too, for resuming)."""
+    max_failures: int = Field(0, ge=-1)
+    """Worker-group restarts from the last checkpoint after a worker dies; -1 = unlimited."""
+    log_every: int = Field(20, ge=1)
+    """Steps between per-loss-component metrics in MLflow."""
+
+    @property
+    def grad_accum(self) -> int:
+        per_step = self.batch_size * self.workers
+        return (self.deepspeed.train_batch_size or per_step) // per_step
+
+    @model_validator(mode="after")
+    def _deepspeed_can_run(self) -> TrainerConfig:
+        ds = self.deepspeed
+        if ds.precision == "fp16" and not self.use_gpu:
+            raise ValueError("deepspeed.precision=fp16 is not supported on CPU; fix: use bf16 or fp32")
+        per_step = self.batch_size * self.workers
+        if ds.train_batch_size is not None and ds.train_batch_size % per_step:
+            raise ValueError(
+                f"deepspeed.train_batch_size={ds.train_batch_size} is not divisible by batch_size x workers = "
+                f"{self.batch_size} x {self.workers} = {per_step}; fix: use a multiple of {per_step} "
+                "(the quotient is the gradient accumulation)"
+            )
+        if ds.offload_optimizer and ds.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs ZeRO; fix: set deepspeed.zero_stage to 1, 2 or 3")
+        if self.checkpoint_every and self.checkpoint_every % self.grad_accum:
+            raise ValueError(
+                f"checkpoint_every={self.checkpoint_every} falls inside a gradient accumulation of {self.grad_accum} "
+                f"micro-batches; fix: use a multiple of {self.grad_accum}"
+            )
+        return self
