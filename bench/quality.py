@@ -39,17 +39,17 @@ from xdray.tracking import Tracker, tracking_uri
 STUDENT = {"layers": 3, "hidden": 256, "heads": 4, "intermediate": 1024, "embeddings": "pca"}
 TRAIN = {"workers": 2, "cpus_per_worker": 1, "batch_size": 32, "lr": 1.0e-3,
          "deepspeed": {"zero_stage": 2, "precision": "fp32"}}
-SEQUENCE = 64  # data.max_length: the sequence length the FLOPs share is computed at
+PRETRAINED_LR = 1.0e-4  # students whose blocks start pre-trained get a fine-tuning rate; 1e-3 erases what they know
 
 
 def students(samples: Path) -> dict[str, tuple[dict, float]]:
     """``--student`` choices: the distill.student section and the learning rate that suits its init."""
     minilm = {"layers": 3, "hidden": 384, "heads": 12, "intermediate": 320, "embeddings": "copy",
               "init": f"pretrained:{samples / 'minilm-l6'}"}
-    return {"random": (STUDENT, TRAIN["lr"]), "minilm": (minilm, 1.0e-4)}
+    return {"random": (STUDENT, TRAIN["lr"]), "minilm": (minilm, PRETRAINED_LR)}
 
 
-def encoder_flops(layers: int, hidden: int, intermediate: int, sequence: int = SEQUENCE) -> int:
+def encoder_flops(layers: int, hidden: int, intermediate: int, sequence: int) -> int:
     """Multiply-adds per token of the encoder blocks: Q, K, V, O and the FFN, plus attention scores and mixing."""
     return layers * (4 * hidden * hidden + 2 * hidden * intermediate + 2 * sequence * hidden)
 
@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     shared = validate_config(base)
     spec, lr = students(samples)[args.student]
     teacher_cfg = AutoConfig.from_pretrained(shared.teacher_dir)
-    share = encoder_flops(spec["layers"], spec["hidden"], spec["intermediate"]) / encoder_flops(
-        teacher_cfg.num_hidden_layers, teacher_cfg.hidden_size, teacher_cfg.intermediate_size)
-    arms_dir = out / ("arms" if args.student == "random" else f"arms-{args.student}")
+    length = shared.data.max_length
+    share = encoder_flops(spec["layers"], spec["hidden"], spec["intermediate"], length) / encoder_flops(
+        teacher_cfg.num_hidden_layers, teacher_cfg.hidden_size, teacher_cfg.intermediate_size, length)
+    arms_dir = out / ("arms" if args.student == "random" else f"arms-{args.student}")  # random: the earlier paths
     dev_texts = read_labeled(samples / "movie/dev.tsv").texts[:64]
 
     rows = [{"arm": "teacher", "test_acc_mean": teacher["test_accuracy"], "test_acc_std": 0.0, "seeds": 1,

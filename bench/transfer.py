@@ -23,7 +23,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from quality import base_config, run  # the source-task teacher/label/distill runs, as the quality bench makes them
+# the source-task teacher/label/distill runs, as the quality bench makes them
+from quality import PRETRAINED_LR, base_config, run
 
 from xdray.config import StudentConfig
 from xdray.data.samples import prepare_samples
@@ -32,7 +33,6 @@ from xdray.models.student import build_student
 from xdray.models.teacher import load_classifier
 
 STUDENT = {"layers": 3, "hidden": 384, "heads": 12, "intermediate": 1536}
-SOURCE_LR = 1.0e-4  # the blocks start pre-trained: a fine-tuning rate, not the 1e-3 the quality bench's random students use
 TASKS = {"wordnet_verbs": "classification", "vader_tweets": "regression"}
 ARMS = ("distilled", "random", "truncated", "teacher")
 
@@ -41,7 +41,7 @@ def source_student(samples: Path, out: Path, quick: bool) -> Path:
     """Teacher → label → distill on the movie task; returns the distilled student's directory."""
     raw = base_config(samples, out, quick)
     raw["distill"]["student"] = STUDENT | {"init": f"pretrained:{samples / 'minilm-l6'}", "embeddings": "copy"}
-    raw["distill"]["lr"] = SOURCE_LR
+    raw["distill"]["lr"] = PRETRAINED_LR
     for step in ("teacher", "label", "distill"):
         summary = run(raw, step)
     return Path(summary["model_dir"])

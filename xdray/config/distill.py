@@ -32,6 +32,10 @@ class StudentConfig(Section):
     """Keep the word/position embeddings fixed in every stage (the paper's frozen-PCA variant)."""
 
     @property
+    def ffn_width(self) -> int:
+        return self.intermediate or 4 * self.hidden
+
+    @property
     def embedding_width(self) -> int:
         return self.embedding_size or self.hidden
 

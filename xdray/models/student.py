@@ -34,7 +34,7 @@ def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: i
         hidden_size=spec.hidden,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
-        intermediate_size=spec.intermediate or 4 * spec.hidden,
+        intermediate_size=spec.ffn_width,
         max_position_embeddings=getattr(teacher, "max_position_embeddings", 512),
         type_vocab_size=getattr(teacher, "type_vocab_size", 2),
         pad_token_id=getattr(teacher, "pad_token_id", 0) or 0,
@@ -84,11 +84,11 @@ def check_source(spec: StudentConfig, source: PretrainedConfig, vocab_size: int)
     what = f"distill.student.init={spec.init}"
     hidden, heads = getattr(source, "hidden_size", None), getattr(source, "num_attention_heads", None)
     ffn = getattr(source, "intermediate_size", None)
-    if (spec.hidden, spec.heads) != (hidden, heads) or ffn is None or (spec.intermediate or 4 * spec.hidden) > ffn:
+    if (spec.hidden, spec.heads) != (hidden, heads) or ffn is None or spec.ffn_width > ffn:
         raise XdrayError(
             f"{what}: the source has hidden {hidden}, heads {heads}, FFN {ffn}; the student needs the same hidden "
             f"and heads and an FFN of at most {ffn} (got {spec.hidden}, {spec.heads}, "
-            f"{spec.intermediate or 4 * spec.hidden}); fix: match the source's widths or use init: random"
+            f"{spec.ffn_width}); fix: match the source's widths or use init: random"
         )
     layers = source.num_hidden_layers
     chosen = spec.init_layers or []
