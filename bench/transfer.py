@@ -12,7 +12,7 @@ as regression (mean human rating; Pearson). Arms, each fine-tuned with ``xdray t
 Prints one JSON line per arm and task (mean ± std over seeds) and writes ``transfer.md`` (the paper's layout:
 params, speedup at batch 1 on one CPU thread, one column per task, average). Finished runs are reused.
 
-    python bench/transfer.py [--quick] [--seeds 3] [--out outputs/bench/transfer]
+    python bench/transfer.py [--quick] [--seeds 3] [--out outputs/bench/transfer[-quick]]
 """
 
 from __future__ import annotations
@@ -78,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 train rows per task, 4 epochs, 1 seed")
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (1 with --quick)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench/transfer"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default outputs/bench/transfer (outputs/bench/transfer-quick with --quick)")
     parser.add_argument("--samples", type=Path, default=Path("data/samples"))
     parser.add_argument("--sets", type=Path, default=Path("data/transfer"))
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
-    out = args.out.resolve()
+    # quick and full runs keep apart: finished runs are reused, and a quick one must not stand in for a full one
+    out = (args.out or Path("outputs/bench") / ("transfer-quick" if args.quick else "transfer")).resolve()
     samples, sets = args.samples.resolve(), args.sets.resolve()
     prepare_samples(samples)
     prepare_transfer_sets(sets)
