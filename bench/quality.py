@@ -88,6 +88,12 @@ def base_config(samples: Path, out: Path, quick: bool) -> dict:
     }
 
 
+def out_dir(out: Path | None, name: str, quick: bool) -> Path:
+    """``--out``, or ``outputs/bench/<name>[-quick]``: finished runs are reused, so a quick one must never stand
+    in for a full one."""
+    return (out or Path("outputs/bench") / (f"{name}-quick" if quick else name)).resolve()
+
+
 def run(raw: dict, step: str) -> dict:
     cfg = validate_config(raw)
     done = read_summary(cfg, step)
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     seeds = 1 if args.quick else args.seeds
-    out = (args.out or Path("outputs/bench") / ("quality-quick" if args.quick else "quality")).resolve()
+    out = out_dir(args.out, "quality", args.quick)
     prepare_samples(args.samples)
     samples = args.samples.resolve()
 

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 # the source-task teacher/label/distill runs, as the quality bench makes them
-from quality import PRETRAINED_LR, base_config, run
+from quality import PRETRAINED_LR, base_config, out_dir, run
 
 from xdray.config import StudentConfig
 from xdray.data.samples import prepare_samples
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=Path, default=Path("data/transfer"))
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
-    # quick and full runs keep apart: finished runs are reused, and a quick one must not stand in for a full one
-    out = (args.out or Path("outputs/bench") / ("transfer-quick" if args.quick else "transfer")).resolve()
+    out = out_dir(args.out, "transfer", args.quick)
     samples, sets = args.samples.resolve(), args.sets.resolve()
     prepare_samples(samples)
     prepare_transfer_sets(sets)
