@@ -91,18 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     students = {"distilled": source_student(samples, out / "source", args.quick),
                 "random": baseline(samples, out, "random"), "truncated": baseline(samples, out, "truncated"),
                 "teacher": samples / "minilm-l6"}
+    # seeds outermost: an interrupted run (finished runs are reused) has every arm at the same seeds so far
+    results: dict[tuple[str, str], list[dict]] = {(arm, task): [] for arm in ARMS for task in TASKS}
+    for seed in range(seeds):
+        for arm, task in results:
+            results[arm, task].append(transfer(students[arm], sets, out / arm / task / f"seed{seed}", task, seed,
+                                               args.quick))
     rows = []
-    for arm in ARMS:
-        for task in TASKS:
-            runs = [transfer(students[arm], sets, out / arm / task / f"seed{s}", task, s, args.quick)
-                    for s in range(seeds)]
-            scores = [r["test"]["score"] for r in runs]
-            row = {"arm": arm, "task": task, "metric": runs[0]["metric"], "mean": round(statistics.mean(scores), 4),
-                   "std": round(statistics.stdev(scores), 4) if len(scores) > 1 else 0.0,
-                   "params": runs[0]["params"]["total"], "latency_ms": min(r["latency_ms"] for r in runs),
-                   "seeds": seeds}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for (arm, task), runs in results.items():
+        scores = [r["test"]["score"] for r in runs]
+        row = {"arm": arm, "task": task, "metric": runs[0]["metric"], "mean": round(statistics.mean(scores), 4),
+               "std": round(statistics.stdev(scores), 4) if len(scores) > 1 else 0.0,
+               "params": runs[0]["params"]["total"], "latency_ms": min(r["latency_ms"] for r in runs),
+               "seeds": seeds}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     (out / "transfer.md").write_text(markdown(rows, args.quick, seeds))
     print(f"table: {out / 'transfer.md'}", file=sys.stderr)
     return 0
