@@ -12,8 +12,9 @@ Arms, each over the same fixed splits and seeds, with the same student:
 The teacher and the labelled Parquet are computed once and shared. Every run goes through xdray's own steps
 (Ray Train + DeepSpeed, Ray Data labelling), so this measures the product, not a side script.
 
-Prints one JSON line per arm (and one for the teacher) and writes ``quality.md`` next to the runs. A rerun reuses
-finished runs (their summary.json). ``--quick`` runs one seed on a subset.
+Prints one JSON line per arm (and one for the teacher) and writes ``quality-minilm.md`` (``quality.md`` for
+``--student random``) next to the runs. A rerun reuses finished runs (their summary.json). ``--quick`` runs one
+seed on a subset.
 
     python bench/quality.py [--quick] [--seeds 3] [--student minilm|random] [--out outputs/bench/quality]
 """
