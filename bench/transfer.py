@@ -77,9 +77,10 @@ def transfer(student: Path, sets: Path, out: Path, task: str, seed: int, quick: 
 
 
 def quiet_latency(students: dict[str, Path], sets: Path, per_task: int = 100) -> dict[str, float]:
-    """CPU ms per sentence (batch 1, 1 thread) of each arm's model on the tasks' first test sentences, measured
-    back to back once all training is over: the figure each run records is taken right after its job and
-    moves with the machine's load. The fastest of two rounds, so that no arm gains from going last."""
+    """CPU ms per sentence (batch 1, 1 thread) of each arm's starting checkpoint (its fine-tuned models differ
+    only in the head's output size) on the tasks' first test sentences, measured back to back once all training
+    is over: the figure each run records is taken right after its job and moves with the machine's load. The
+    fastest of two rounds, so that no arm gains from going last."""
     texts = []
     for task in TASKS:
         with open(sets / task / "test.tsv", newline="", encoding="utf-8") as f:
