@@ -125,7 +125,7 @@ def main() -> None:
     labelled = validate_config(config(samples, out / "labelled", corpus, teacher_dir, args, 1, cores))
     import ray
 
-    ray.init(num_cpus=max(4, cores), log_to_driver=False)
+    ray.init(address="local", num_cpus=max(4, cores), log_to_driver=False)
     try:
         if not (labelled.labels_dir / "_manifest.json").is_file():
             run_step(labelled, Tracker.for_config(labelled), "label")

@@ -134,7 +134,7 @@ def main() -> None:
     pipe_s = hf_pipeline(teacher_dir, lines, args.batch_size)
     import ray
 
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
     try:
         t0 = time.perf_counter()
         summary = run_step(cfg, Tracker.for_config(cfg), "label")

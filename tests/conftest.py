@@ -83,7 +83,7 @@ def ray_local():
     """One local Ray instance for every test that needs one (the machine fits only one)."""
     import ray
 
-    ray.init(num_cpus=4, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, log_to_driver=False)
     yield ray
     ray.shutdown()
 

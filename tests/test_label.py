@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -129,3 +131,18 @@ def test_labels_from_another_teacher_or_tokenizer_are_refused(job, tiny_task, tm
     with pytest.raises(XdrayError, match=rf"whose {change} differ from .*fix: relabel with `xdray label`"):
         check_labels(cfg, [1], True)
     check_labels(load_config(job), [1], True)  # the teacher that labelled them is accepted
+
+
+def test_a_stale_ray_start_address_on_the_machine_does_not_capture_a_local_run(job):
+    """Without ``ray.address`` a command starts its own Ray, even where an earlier `ray start` or a crashed
+    ``cluster_utils.Cluster`` left ``ray_current_cluster`` behind (Ray would connect to it, then refuse num_cpus)."""
+    ray_tmp = Path(f"/tmp/xd-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths have a length limit
+    (ray_tmp / "ray").mkdir(parents=True)
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        proc = xdray_label(job, env={**env, "RAY_TMPDIR": str(ray_tmp)})
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0 and "nothing to do" in out, out

@@ -18,7 +18,10 @@ STEPS = ("teacher", "label", "distill", "search")
 
 @contextmanager
 def ray_session(cfg: XdrayConfig) -> Iterator[None]:
-    """Connect to ``ray.address``, or start a local instance; reuse one that is already running."""
+    """Connect to ``ray.address``, or start a local instance; reuse one that is already running in-process.
+
+    With no address, ``address="local"`` keeps Ray from joining whatever ``ray_current_cluster`` an earlier
+    ``ray start`` left on the machine (live or dead): ``ray.address=auto`` is how a user asks for that."""
     import ray
 
     if ray.is_initialized():
@@ -29,7 +32,7 @@ def ray_session(cfg: XdrayConfig) -> Iterator[None]:
     else:
         # Train workers and actors reserve whole CPUs; a few extra logical CPUs keep Ray Data's read and
         # write tasks from starving on a small machine (torch threads follow each worker's own reservation).
-        ray.init(num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1))
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1))
     try:
         yield
     finally:
