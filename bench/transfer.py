@@ -22,7 +22,10 @@ import csv
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 # the source-task teacher/label/distill runs, as the quality bench makes them
 from quality import PRETRAINED_LR, base_config, out_dir, run
@@ -76,17 +79,32 @@ def transfer(student: Path, sets: Path, out: Path, task: str, seed: int, quick: 
     return run(raw, "transfer")["tasks"][task]
 
 
-def quiet_latency(students: dict[str, Path], sets: Path, per_task: int = 100) -> dict[str, float]:
+def wait_for_idle_cpu(busy_percent: float = 10.0, seconds: float = 180.0) -> float:
+    """Wait, at most ``seconds``, until the machine's CPU use over one second is under ``busy_percent``: what
+    outlives the last Ray job (raylets and workers shutting down) would slow the arms timed first. Returns the
+    last reading, printed with the figures."""
+    deadline = time.monotonic() + seconds
+    while (busy := psutil.cpu_percent(interval=1.0)) >= busy_percent and time.monotonic() < deadline:
+        pass
+    return busy
+
+
+def quiet_latency(students: dict[str, Path], sets: Path, per_task: int = 100, rounds: int = 3) -> dict[str, float]:
     """CPU ms per sentence (batch 1, 1 thread) of each arm's starting checkpoint (its fine-tuned models differ
-    only in the head's output size) on the tasks' first test sentences, measured back to back once all training
-    is over: the figure each run records is taken right after its job and moves with the machine's load. The
-    fastest of two rounds, so that no arm gains from going last."""
+    only in the head's output size) on the tasks' first test sentences, measured back to back on an idle machine
+    once all training is over: the figure each run records is taken right after its job and moves with the
+    machine's load. The fastest of ``rounds`` rounds, the arms' order rotated each round so none always goes first."""
     texts = []
     for task in TASKS:
         with open(sets / task / "test.tsv", newline="", encoding="utf-8") as f:
             texts += [row["text"] for _, row in zip(range(per_task), csv.DictReader(f, delimiter="\t"))]
-    rounds = [{arm: cpu_latency_ms(path, texts, 64) for arm, path in students.items()} for _ in range(2)]
-    return {arm: round(min(r[arm] for r in rounds), 3) for arm in students}
+    print(f"[bench] CPU {wait_for_idle_cpu():.0f}% busy before timing latency", flush=True)
+    arms = list(students)
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for r in range(rounds):
+        for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
+            times[arm].append(cpu_latency_ms(students[arm], texts, 64))
+    return {arm: round(min(t), 3) for arm, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
