@@ -1,14 +1,21 @@
-"""A real Ray head (`ray start --head`, token auth on, dashboard on 127.0.0.1) and a real `mlflow server`:
-`xdray submit --follow` runs the tiny pipeline as a Ray Job that logs over HTTP; a bad job is reported FAILED.
-Both servers are stopped by their own process ids, never by `ray stop`."""
+"""Production-shaped: the cluster runs an *installed* xdray, not this checkout. A wheel of the project is installed,
+non-editable, into a virtualenv outside the checkout that plays the node image; `ray start --head` runs from that
+virtualenv in its own directory (token auth on, dashboard on 127.0.0.1); a real `mlflow server` takes the runs.
+`xdray submit --follow` from the checkout's environment runs the tiny pipeline as a Ray Job that logs over HTTP;
+a bad job is reported FAILED. Both servers are stopped by their own process ids, never by `ray stop`.
+
+The image's third-party packages (Ray, torch, ...) are this environment's, reached through a ``.pth`` line, so
+the test downloads nothing; what it checks is where *xdray's* code comes from on the cluster."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 import uuid
@@ -55,19 +62,49 @@ def _stop(pids: list[int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """A Ray head of our own, found and stopped by the processes that carry its temp dir."""
+def image(tmp_path_factory) -> Path:
+    """A virtualenv with xdray installed from a freshly built wheel; returns its ``bin`` directory."""
+    root = tmp_path_factory.mktemp("image")
+    src = root / "src"  # the wheel is built from a copy: nothing is written into the checkout
+    shutil.copytree(REPO / "xdray", src / "xdray", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (root / "dist").glob("xdray-*.whl")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    image_python = venv / "bin" / "python"
+    site = Path(subprocess.check_output([str(image_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        text=True).strip())
+    (site / "image_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    where = subprocess.check_output([str(image_python), "-c", "import xdray.data.corpus as m; print(m.__file__)"],
+                                    text=True, cwd=root).strip()
+    assert where.startswith(str(site)), where  # the image imports its installed copy, not the checkout
+    return venv / "bin"
+
+
+@pytest.fixture(scope="module")
+def head(image, tmp_path_factory):
+    """A Ray head of our own started from the image's virtualenv in a directory of its own, found and stopped by
+    the processes that carry its temp dir."""
     root = Path(f"/tmp/xdray-head-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths have a length limit
     token = tmp_path_factory.mktemp("auth") / "token"
     token.write_text(uuid.uuid4().hex)
+    home = tmp_path_factory.mktemp("head-cwd")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HF_HUB_OFFLINE": "1",
-           "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+           "PATH": f"{image}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("VIRTUAL_ENV", None)
+    env.pop("PYTHONPATH", None)
     dash = _free_port()
     subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--port", str(_free_port()), "--num-cpus", "4",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(root),
+        [str(image / "python"), "-m", "ray.scripts.scripts", "start", "--head", "--port", str(_free_port()),
+         "--num-cpus", "4", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(root),
          "--disable-usage-stats"],
-        env=env, check=True, capture_output=True, timeout=180,
+        env=env, cwd=home, check=True, capture_output=True, timeout=180,
     )
     pids = [p.pid for p in psutil.process_iter(["cmdline"]) if str(root) in " ".join(p.info["cmdline"] or [])]
     try:

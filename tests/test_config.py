@@ -161,3 +161,17 @@ def test_cli_bad_config_exits_nonzero_with_one_line(tmp_path, raw):
         "fix: choose heads that divide hidden (e.g. hidden/64)"
     ]
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_and_exit_2(tmp_path, raw):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me\n")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**raw, "output_dir": str(taken)}))
+    proc = subprocess.run([sys.executable, "-m", "xdray.cli", "label", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"xdray label: error: output_dir: {taken} is a file, not a directory; fix: point output_dir at a directory "
+        "(it is created if missing)"]
+    assert taken.read_text() == "keep me\n"

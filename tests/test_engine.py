@@ -15,7 +15,7 @@ from xdray.config import StudentConfig
 from xdray.distill.objective import DistillModule, Objective
 from xdray.distill.schedule import param_groups, set_trainable
 from xdray.models.student import build_student
-from xdray.train import TrainSpec, deepspeed_config
+from xdray.engine import TrainSpec, deepspeed_config
 
 
 @pytest.fixture(scope="module")

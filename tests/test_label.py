@@ -82,7 +82,7 @@ def test_a_killed_job_resumes_to_exactly_one_row_per_id_and_a_complete_one_is_no
     assert summary["resumed_chunks"] == done and summary["chunks"] == total
     ids = pq.read_table(data / "transfer", columns=["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == ROWS and set(ids) == expected
-    assert summary["rows"] == ROWS and 0 < summary["pad_fraction"] < 0.5 and summary["tokens_per_s"] > 0
+    assert summary["rows"] == summary["unique_ids"] == ROWS and 0 < summary["pad_fraction"] < 0.5 and summary["tokens_per_s"] > 0
     assert summary["peak_rss_mb"]["driver"] > 0 and summary["peak_rss_mb"]["actor"] > 0
     assert not work.exists()
 

@@ -96,3 +96,15 @@ def test_the_schedule_is_a_dimension_and_a_trial_runs_the_one_it_drew(tiny_task,
     both = every_candidate(cfg)
     assert sorted(c.schedule for c in both) == ["kd", "paper"] and len({c.key for c in both}) == 2
     assert cfg.uses_hidden  # the labelling step stores the [CLS] states the paper schedule needs
+
+
+def test_a_trial_at_the_majority_rate_counts_as_chance():
+    from xdray.search.run import at_chance
+
+    balanced = [0, 1] * 504  # the demo's dev split: 1,008 rows
+    assert at_chance(0.514, balanced)  # the demo's diverged trial (CE stuck at ln 2)
+    assert not at_chance(0.80, balanced)
+    assert at_chance(0.60, [0, 1] * 30)  # 60 rows cannot tell 60% from chance
+    assert not at_chance(0.80, [0, 1] * 30)
+    skewed = [0] * 90 + [1] * 10
+    assert at_chance(0.90, skewed) and not at_chance(0.99, skewed)  # always "0" is already 90%

@@ -1,4 +1,5 @@
-"""Test accuracy and CPU latency of a saved HF classifier, measured in the driver process."""
+"""Test accuracy of a saved HF classifier, and its latency: measured where the device is, in a Ray task that
+reserves it (``measure_latency``), never in the driver, whose node may have no GPU (a cluster's head)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,32 @@ def test_accuracy(model_dir: Path, split: LabeledSplit, max_length: int) -> floa
     return accuracy(predict(model, tokenizer, split.texts, max_length, pairs=split.pairs), split.labels)
 
 
+def measure_latency(model_dirs: list[Path], texts: list[str], max_length: int, batch_sizes: list[int],
+                    threads: int = 1, device: str = "cpu", resources: dict[str, float] | None = None,
+                    loader=load_classifier) -> tuple[list[dict[int, float]], str]:
+    """``latency_ms`` of each model, one after the other in one Ray task that reserves what it measures on:
+    ``threads`` CPUs, a GPU for ``cuda``, and any custom ``resources`` (the nodes whose hardware you serve on).
+    Returns the figures and the node's id. Scheduled outside any placement group (a Tune trial's holds only its
+    driver's fraction of a CPU)."""
+    import ray
+
+    task = ray.remote(_latency_on_node).options(
+        num_cpus=threads, num_gpus=1 if device == "cuda" else 0, resources=resources or {},
+        scheduling_strategy="DEFAULT")
+    return ray.get(task.remote([str(p) for p in model_dirs], texts, max_length, batch_sizes, threads, device, loader))
+
+
+def _latency_on_node(model_dirs: list[str], texts: list[str], max_length: int, batch_sizes: list[int], threads: int,
+                     device: str, loader) -> tuple[list[dict[int, float]], str]:
+    import ray
+
+    ms = [latency_ms(Path(p), texts, max_length, batch_sizes, threads, device, loader=loader) for p in model_dirs]
+    return ms, ray.get_runtime_context().get_node_id()
+
+
 def cpu_latency_ms(model_dir: Path, texts: list[str], max_length: int, threads: int = 1) -> float:
-    """Milliseconds per sentence at batch size 1 on ``threads`` CPU threads (how a small service runs)."""
+    """Milliseconds per sentence at batch size 1 on ``threads`` CPU threads (how a small service runs), in this
+    process: for benchmarks timing on an idle local machine; steps use ``measure_latency``."""
     return latency_ms(model_dir, texts, max_length, [1], threads)[1]
 
 

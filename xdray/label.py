@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from transformers import AutoConfig
@@ -136,6 +137,7 @@ def _dev_rows(cfg: XdrayConfig):
 def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
     """Stream the cleaned corpus and the dev split into chunk files; the plan written last marks them complete.
     An empty corpus raises and leaves nothing behind."""
+    t0 = time.perf_counter()
     counts: Counter = Counter()
     columns = ["id", "text", "text_pair"] if cfg.data.pairs else ["id", "text"]
     rows = cfg.label.chunk_rows
@@ -153,7 +155,7 @@ def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
         raise
     chunks = [{"part": part, "file": chunk_name(i), "rows": n}
               for part, sizes in (("transfer", transfer), ("dev", dev)) for i, n in enumerate(sizes)]
-    plan = {"fingerprint": fp, "cleaning": dict(counts), "chunks": chunks}
+    plan = {"fingerprint": fp, "cleaning": dict(counts), "chunks": chunks, "seconds": time.perf_counter() - t0}
     write_json(work / "plan.json", plan)
     return plan
 
@@ -189,6 +191,12 @@ def _shard_stats(work: Path, plan: dict) -> list[dict]:
                              f"fix: delete it and rerun the step")
         stats.append({**s, "part": chunk["part"]})
     return stats
+
+
+def unique_ids(parquet_dir: Path) -> int:
+    """Distinct ``id`` values over every shard: equal to the row count when nothing was labelled twice."""
+    ids = pq.read_table(parquet_dir, columns=["id"])["id"]
+    return int(pc.count_distinct(ids).as_py()) if len(ids) else 0
 
 
 def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
@@ -238,9 +246,12 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
         tokens, padded = sum(int(s["tokens"]) for s in ran), sum(int(s["padded_tokens"]) for s in ran)
         labelled = sum(int(s["labelled"]) for s in ran)
         summary = {
-            "rows": rows["transfer"], "dev_rows": rows["dev"], "unique_ids": rows["transfer"], "cleaning": cleaning,
+            "rows": rows["transfer"], "dev_rows": rows["dev"], "unique_ids": unique_ids(data_dir / "transfer"),
+            "cleaning": cleaning,
             "hidden_layers": hidden, "chunks": len(plan["chunks"]), "resumed_chunks": len(plan["chunks"]) - len(todo),
             "seconds": round(time.perf_counter() - t0, 2), "label_seconds": round(seconds, 2),
+            "corpus_seconds": round(plan["seconds"], 2),  # read, clean, dedupe, chunk: serial, in this driver
+            "corpus_rows_per_s": round(plan["cleaning"].get("rows", 0) / max(plan["seconds"], 1e-9), 1),
             "rows_per_s": round(labelled / seconds, 1) if ran else 0.0,
             "tokens_per_s": round(tokens / seconds, 1) if ran else 0.0,
             "pad_fraction": round(1 - tokens / padded, 4) if padded else 0.0,

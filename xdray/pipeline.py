@@ -2,7 +2,8 @@
 
 A step whose ``summary.json`` exists is complete and is skipped, so a rerun after a crash continues where
 the last complete step ended. The final table compares teacher and student: test accuracy (from each step's
-summary, measured once) and CPU latency (both measured here, in one process, so the speedup is one run's ratio).
+summary, measured once) and CPU latency (both measured in one Ray task, one after the other, so the speedup is one
+run's ratio on one node).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from tabulate import tabulate
 
 from xdray.config import XdrayConfig
 from xdray.data.tables import read_labeled
-from xdray.evaluate import cpu_latency_ms
+from xdray.evaluate import measure_latency
 from xdray.runtime import pipeline_steps, ray_session, read_summary, write_summary
 from xdray.tracking import Tracker, tracking_uri
 
@@ -72,13 +73,15 @@ def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
 def compare(cfg: XdrayConfig) -> dict:
     teacher, distill, search = (read_summary(cfg, s) for s in ("teacher", "distill", "search"))
     texts = read_labeled(cfg.data.test).texts[:LATENCY_SENTENCES]
-    t_ms = cpu_latency_ms(cfg.teacher_dir, texts, cfg.data.max_length)
-    s_ms = cpu_latency_ms(cfg.step_dir("distill") / "student", texts, cfg.data.max_length)
+    (teacher_ms, student_ms), node = measure_latency([cfg.teacher_dir, cfg.step_dir("distill") / "student"], texts,
+                                                     cfg.data.max_length, [1])
+    t_ms, s_ms = teacher_ms[1], student_ms[1]
     out = {
         "teacher_test_accuracy": teacher["test_accuracy"], "student_test_accuracy": distill["test_accuracy"],
         "teacher_params": teacher["params"]["total"], "student_params": distill["params"]["total"],
         "teacher_latency_ms": round(t_ms, 3), "student_latency_ms": round(s_ms, 3),
         "speedup": round(t_ms / s_ms, 2), "compression": round(teacher["params"]["total"] / distill["params"]["total"], 2),
+        "latency_node": node,
     }
     if search:
         out["search_best"] = search["best"]

@@ -23,7 +23,8 @@ from xdray.label import check_labels
 from xdray.models.student import check_student
 from xdray.runtime import write_summary
 from xdray.tracking import Tracker, tracking_uri
-from xdray.train import TrainSpec, export_student, fit, run_name
+from xdray.engine import TrainSpec
+from xdray.train import export_student, fit, run_name
 
 
 def make_spec(

@@ -1,9 +1,14 @@
 """`xdray submit` and `xdray jobs`: run pipeline steps as Ray Jobs on a running cluster.
 
-The job ships the working directory (code and config; outputs, virtualenvs and data caches excluded) and runs
-``python -m xdray.cli STEP <config>`` on the cluster. The config is shipped raw, with ``--set`` applied, so its
-relative paths resolve on the cluster; it is validated here first, so a bad config never leaves the client.
-Ray's token authentication is sent as an ``Authorization`` header whenever a token is available.
+How code reaches the nodes: the job ships *this client's* ``xdray`` package as a ``py_modules`` entry, so the
+code you submit is the code that runs, whatever xdray the image has installed; the image supplies Ray, torch and
+the other dependencies. The working directory ships too (config, small local
+files), minus virtualenvs, outputs, what its .gitignore lists, and any ``xdray/`` folder at its root, which would
+otherwise come first on the cluster's ``sys.path`` and shadow the shipped package.
+
+The job runs ``python -m xdray.cli STEP <config>`` on the cluster. The config is shipped raw, with ``--set``
+applied, so its relative paths resolve on the cluster; it is validated here first, so a bad config never leaves
+the client. Ray's token authentication is sent as an ``Authorization`` header whenever a token is available.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from xdray.config import ConfigError, load_raw, validate_config
 from xdray.errors import XdrayError
 
 STAGING = ".xdray-submit"
-EXCLUDES = [".venv", "outputs", "data", ".git", "*.egg-info", "__pycache__", ".pytest_cache", "mlruns", "mlflow.db"]
+# Ray applies one ``excludes`` list to the working dir *and* to each py_modules package, relative to each root:
+# a root-anchored "/data/" would drop the package's own ``xdray/data/``. So data caches are left to the working
+# dir's .gitignore / .rayignore (which Ray honours; this repository's lists /data/), and every pattern here is
+# one that can never match a file of the package (``tests/test_submit_upload.py`` checks both uploads).
+EXCLUDES = [".venv/", "venv/", ".git/", "__pycache__/", "*.pyc", "*.egg-info/", ".pytest_cache/",
+            "/outputs/", "/mlruns/", "/mlflow.db", "/build/", "/dist/", "/xdray/"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -50,6 +60,13 @@ def client(address: str | None):
         ) from None
 
 
+def runtime_env(working_dir: Path) -> dict:
+    """What a job uploads: ``working_dir`` and this client's ``xdray`` package, both under ``EXCLUDES``."""
+    import xdray
+
+    return {"working_dir": str(working_dir), "py_modules": [str(Path(xdray.__file__).parent)], "excludes": EXCLUDES}
+
+
 def submit(
     config_path: str, overrides: list[str], step: str, address: str | None, follow: bool, entrypoint_cpus: float
 ) -> int:
@@ -64,7 +81,7 @@ def submit(
         jobs.submit_job(
             entrypoint=f"python -m xdray.cli {step} {STAGING}/{staged.name}",
             submission_id=submission_id,
-            runtime_env={"working_dir": str(Path.cwd()), "excludes": EXCLUDES},
+            runtime_env=runtime_env(Path.cwd()),
             entrypoint_num_cpus=entrypoint_cpus,
             metadata={"xdray_step": step, "xdray_config": Path(config_path).name},
         )

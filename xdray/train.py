@@ -18,7 +18,6 @@ import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import ray
 import ray.train
@@ -28,12 +27,13 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from transformers import AutoConfig
 
-from xdray.config import RepresentationConfig, StudentConfig, TrainerConfig
+from xdray.config import StudentConfig, TrainerConfig
 from xdray.distill.batches import table_batches
 from xdray.distill.losses import layer_map
 from xdray.distill.objective import DistillModule, Objective, teacher_targets
 from xdray import checkpoints
 from xdray.distill.schedule import Data, Phase, Position, evaluate, expand_stages, param_groups, run_schedule
+from xdray.engine import DeepSpeedBackend, TrainSpec, deepspeed_config, save_fp32
 from xdray.models.student import build_student, encoder_blocks, param_counts
 from xdray.models.teacher import load_classifier
 from xdray.transfer.metrics import task_metrics
@@ -42,55 +42,6 @@ from xdray.runtime import file_stamp, keep_freed_memory, replace_dir, staging_di
 
 LOG_EVERY = 20
 DEV_BATCH = 64
-
-
-@dataclass
-class TrainSpec:
-    """Everything a worker needs, as plain data (it travels to workers inside ``train_loop_config``)."""
-
-    role: str  # "teacher"/"transfer": fine-tune ``init`` with a new head; "student": build a student from ``init``
-    init: str
-    stages: list[dict]
-    num_labels: int
-    max_length: int
-    batch_size: int
-    lr: float
-    deepspeed: dict
-    grad_accum: int
-    scratch: str  # DeepSpeed checkpoints of each phase's best epoch
-    dev: Any  # ObjectRef of a pyarrow table: text + label rows, or the labelled dev split with teacher targets
-    seed: int = 0
-    student: dict | None = None
-    representation: dict = field(default_factory=lambda: RepresentationConfig().model_dump())
-    teacher_mode: str = "offline"
-    tracking_uri: str | None = None
-    run_id: str | None = None
-    trust_remote_code: bool = False
-    warmup_steps: int = 0
-    checkpoint_every: int | None = None
-    log_every: int = 20
-    student_dir: str | None = None  # a student already built (search trials): workers never load the teacher
-    task: dict | None = None  # transfer: ``TaskData.worker_spec()`` (type, class names): head, batches, dev metric
-
-
-def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
-    ds = spec.deepspeed
-    zero = {"stage": ds["zero_stage"]}
-    if ds["offload_optimizer"]:
-        zero["offload_optimizer"] = {"device": "cpu"}
-    return {
-        "train_batch_size": spec.batch_size * world_size * spec.grad_accum,
-        "train_micro_batch_size_per_gpu": spec.batch_size,
-        "gradient_accumulation_steps": spec.grad_accum,
-        "gradient_clipping": ds["grad_clip"],
-        "optimizer": {"type": "AdamW", "params": {"lr": spec.lr, "weight_decay": 0.01, "torch_adam": True}},
-        "zero_force_ds_cpu_optimizer": False,  # torch's AdamW also with offload: no C++ extension to compile
-        "zero_optimization": zero,
-        "bf16": {"enabled": ds["precision"] == "bf16"},
-        "fp16": {"enabled": ds["precision"] == "fp16"},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
 
 
 @dataclass
@@ -145,29 +96,6 @@ def _build(spec: TrainSpec) -> Built:
         return Built(module, tokenizer, None, mapping, teacher_loaded=teacher is not None)
     teacher.eval().requires_grad_(False)
     return Built(module, tokenizer, teacher, mapping, teacher_forwards=count_forwards(teacher))
-
-
-class DeepSpeedBackend:
-    """``run_schedule`` on a DeepSpeed engine: its optimizer keeps the unit groups, checkpoints are collective."""
-
-    def __init__(self, engine, scratch: str, sharded_dev: bool):
-        self.model, self.optimizer = engine, engine.optimizer
-        self.scratch, self.sharded_dev = scratch, sharded_dev
-
-    def step(self, loss: torch.Tensor) -> None:
-        self.model.backward(loss)
-        self.model.step()
-
-    def save(self, tag: str) -> None:
-        self.model.save_checkpoint(self.scratch, tag=tag)
-
-    def restore(self, tag: str) -> None:
-        self.model.load_checkpoint(self.scratch, tag=tag)
-
-    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
-        if self.sharded_dev and dist.is_initialized():
-            dist.all_reduce(values)
-        return values
 
 
 def worker_loop(config: dict) -> None:
@@ -306,7 +234,7 @@ def _report_final(engine, tokenizer, summary: dict, rank: int, zero_stage: int) 
         gather = deepspeed.zero.GatheredParameters(list(student.parameters())) if zero_stage == 3 else nullcontext()
         with gather:
             if rank == 0:
-                student.save_pretrained(tmp, safe_serialization=True)
+                save_fp32(student, tmp)
                 tokenizer.save_pretrained(tmp)
                 Path(tmp, "xdray_train.json").write_text(json.dumps(summary, indent=2))
         checkpoint = Checkpoint.from_directory(tmp) if rank == 0 else None

@@ -80,6 +80,9 @@ class XdrayConfig(Section):
     def _resolve_paths(self) -> XdrayConfig:
         """Make every path absolute now: Ray workers and Tune trials run in other working directories."""
         object.__setattr__(self, "output_dir", self.output_dir.expanduser().resolve())
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"output_dir: {self.output_dir} is a file, not a directory; fix: point output_dir at a "
+                             "directory (it is created if missing)")
         d = self.data
         for key in ("train", "dev", "test"):
             if d is not None:

@@ -69,6 +69,10 @@ class LatencyConfig(Section):
     threads: int = Field(1, ge=1)
     """CPU threads (and CPUs reserved for the measurement)."""
     sentences: int = Field(64, ge=1)
+    resources: dict[str, float] = {}
+    """Custom Ray resources the measuring task also asks for, e.g. ``{serving_cpu: 1}`` when only some nodes
+    have the hardware you serve on. Latency is always measured in a Ray task that reserves ``threads`` CPUs (and
+    a GPU for cuda), never in the driver."""
 
 
 class BudgetConfig(Section):

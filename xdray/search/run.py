@@ -21,11 +21,10 @@ from transformers import AutoConfig
 from xdray.config import OBJECTIVES, XdrayConfig
 from xdray.data.tables import load_splits
 from xdray.errors import XdrayError
-from xdray.evaluate import latency_ms
 from xdray.runtime import file_stamp, replace_dir, staging_dir, write_json, write_summary
 from xdray.search import pareto
 from xdray.search.space import candidate, define, every_candidate, stages, to_params
-from xdray.search.trial import TrialContext, make_trial
+from xdray.search.trial import TrialContext, make_trial, trial_latency
 from xdray.steps import check_student_fits, student_data
 from xdray.tracking import Tracker
 
@@ -101,13 +100,28 @@ def _tuner(cfg: XdrayConfig, trainable, name: str) -> tuple[tune.Tuner, bool]:
     return tuner, False
 
 
+def at_chance(accuracy: float, labels: list[int], alpha: float = 0.01) -> bool:
+    """Whether a dev accuracy is no better than always answering the most frequent dev label: a one-sided
+    binomial test at ``alpha``. A trial that diverged (CE stuck at ln(classes)) lands here; so does one whose dev
+    split is too small to tell it from chance."""
+    from scipy.stats import binomtest
+
+    n = len(labels)
+    majority = max(labels.count(y) for y in set(labels)) / n
+    hits = round(accuracy * n)
+    return hits <= majority * n or binomtest(hits, n, majority, alternative="greater").pvalue >= alpha
+
+
 def _trials(cfg: XdrayConfig, grid, ctx: TrialContext) -> list[dict]:
+    dev_labels = ctx.dev_table.column("label").to_pylist()
     trials = []
     for r in grid:
         m = r.metrics or {}
         cand = candidate(r.config, cfg)
         status = ("error" if r.error else "duplicate" if m.get("duplicate_of")
                   else "completed" if m.get("final") else "stopped")
+        if status == "completed" and at_chance(m["dev_accuracy"], dev_labels):
+            status = "diverged"  # trained to the end, but no better than the majority label: kept off the front
         trial_id = m.get("trial_id") or r.path.rsplit("/", 1)[-1]  # Tune adds trial_id to every result
         record = {"trial_id": trial_id, **cand.describe(), "status": status,
                   "iterations": m.get("training_iteration", 0), "seconds": round(m.get("time_total_s", 0.0), 1),
@@ -115,7 +129,7 @@ def _trials(cfg: XdrayConfig, grid, ctx: TrialContext) -> list[dict]:
         for key in ("dev_accuracy", "params", "latency_ms", "duplicate_of"):
             if key in m:
                 record[key] = m[key]
-        if status == "completed":
+        if status in ("completed", "diverged"):
             record["student_dir"] = str(ctx.out / "trials" / trial_id / "student")
         if status == "error":
             record["error"] = str(r.error).strip().splitlines()[-1][:300]  # the exception, not the actor banner
@@ -125,14 +139,11 @@ def _trials(cfg: XdrayConfig, grid, ctx: TrialContext) -> list[dict]:
 
 def _remeasure(ctx: TrialContext, completed: list[dict]) -> None:
     """Latency again, one student at a time with nothing else running: the figures the front is drawn from
-    (trials measured theirs while other trials trained)."""
-    lat = ctx.cfg.search.latency
+    (trials measured theirs while other trials trained). On the device's nodes, not in this driver."""
     for t in completed:
-        ms = latency_ms(t["student_dir"], ctx.latency_texts, ctx.cfg.data.max_length, lat.batch_sizes,
-                        lat.threads, lat.device)
+        ms, t["latency_node"] = trial_latency(ctx, t["student_dir"])
         t["latency_ms_search"] = t["latency_ms"]
-        t["latency_ms"] = round(ms[lat.batch_sizes[0]], 4)
-        t.update({f"latency_ms_b{b}": round(v, 4) for b, v in ms.items()})
+        t.update({k: round(v, 4) for k, v in ms.items()})
 
 
 def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
@@ -161,6 +172,13 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
             if run_id and t["status"] == "stopped":  # ASHA killed its actor before the run could end itself
                 tracker.client.set_tag(run_id, "xdray.stopped_early", "true")
                 tracker.client.set_terminated(run_id, "KILLED")
+            if run_id and t["status"] == "diverged":
+                tracker.client.set_tag(run_id, "xdray.diverged", "true")
+        for t in trials:
+            if t["status"] == "diverged":
+                print(f"xdray search: warning: trial {t['trial_id']} ({t['arch']}) ended at dev accuracy "
+                      f"{t['dev_accuracy']:.3f}, no better than the majority label: marked diverged, kept off the "
+                      "front (try a lower lr for this shape)", flush=True)
         if not completed:
             raise XdrayError(f"no search trial completed ({', '.join(t['status'] for t in trials)}); the first "
                              f"error: {next((t['error'] for t in trials if 'error' in t), 'none')}")
@@ -198,6 +216,7 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
             "best_student_dir": str(out / "best_student"),
             "teacher_forwards": sum(t["teacher_forwards"] for t in trials),
             "completed": len(completed), "stopped": sum(t["status"] == "stopped" for t in trials),
+            "diverged": sum(t["status"] == "diverged" for t in trials),
             "wall_seconds": round(wall, 1), "sum_trial_seconds": round(sum(t["seconds"] for t in trials), 1),
             "pareto_plot": str(plot_path), "pareto_table": str(table_path), "mlflow_run_id": search_run,
         }

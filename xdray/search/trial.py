@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from xdray.config import DistillConfig, XdrayConfig
-from xdray.evaluate import latency_ms
+from xdray.evaluate import measure_latency
 from xdray.models.student import build_student, param_counts
 from xdray.models.teacher import load_classifier
 from xdray.runtime import read_json, replace_dir, staging_dir, write_json
@@ -67,22 +66,13 @@ class ReportToTune(TuneReportCallback):
             super().after_report(run_context, [{**metrics[0], **self.constants}], None)
 
 
-@ray.remote
-def _measure(model_dir: str, texts: list[str], max_length: int, batch_sizes: list[int], threads: int,
-             device: str) -> dict[int, float]:
-    return latency_ms(Path(model_dir), texts, max_length, batch_sizes, threads, device)
-
-
-def measure_latency(ctx: TrialContext, model_dir: Path) -> dict[str, float]:
-    """``latency_ms`` (the first batch size) and ``latency_ms_b<N>`` for each, in a task that reserves the
-    measuring CPUs (or a GPU) so no training worker of this cluster is scheduled on them."""
+def trial_latency(ctx: TrialContext, model_dir: Path) -> tuple[dict[str, float], str]:
+    """``latency_ms`` (the first batch size) and ``latency_ms_b<N>`` for each, measured in a task that reserves
+    the configured device (``evaluate.measure_latency``), and the node it ran on."""
     lat = ctx.cfg.search.latency
-    # "DEFAULT": outside the trial's placement group (Tune captures child tasks; that group holds 0.1 CPU)
-    task = _measure.options(num_cpus=lat.threads, num_gpus=1 if lat.device == "cuda" else 0,
-                            scheduling_strategy="DEFAULT")
-    ms = ray.get(task.remote(str(model_dir), ctx.latency_texts, ctx.cfg.data.max_length, lat.batch_sizes,
-                             lat.threads, lat.device))
-    return {"latency_ms": ms[lat.batch_sizes[0]], **{f"latency_ms_b{b}": v for b, v in ms.items()}}
+    (ms,), node = measure_latency([model_dir], ctx.latency_texts, ctx.cfg.data.max_length, lat.batch_sizes,
+                                  lat.threads, lat.device, lat.resources)
+    return {"latency_ms": ms[lat.batch_sizes[0]], **{f"latency_ms_b{b}": v for b, v in ms.items()}}, node
 
 
 def _build(ctx: TrialContext, cand: Candidate, dest: Path) -> tuple[dict, int]:
@@ -115,7 +105,7 @@ def make_trial(ctx: TrialContext):
         with tracker.run(cfg, f"trial-{cand.name}", ctx.search_run, key=ctx.run_key(trial_id)) as run_id:
             tracker.params(run_id, {**cand.describe(), "trial_id": trial_id, "key": cand.key})
             counts, forwards = _build(ctx, cand, trial_dir / "init")
-            constants = {"params": counts["total"], **measure_latency(ctx, trial_dir / "init")}
+            constants = {"params": counts["total"], **trial_latency(ctx, trial_dir / "init")[0]}
             tracker.metrics(run_id, constants)
             trainer = ctx.trainer.model_copy(update={"lr": cand.lr})
             spec = make_spec(cfg, trainer, "student", str(cfg.teacher_dir), stages(cfg, cand.schedule),

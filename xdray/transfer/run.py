@@ -3,13 +3,14 @@
 Each task is one Ray Train + DeepSpeed job (``train.worker_loop`` with ``role="transfer"``): a fresh head on
 the student's encoder, one stage on the task's train split, early stopping on the task's dev metric with the
 best epoch restored. The test split is scored once, here in the driver, on the exported model; its CPU
-latency is measured in the same process. A task whose result exists (same inputs and settings) is skipped.
+latency is measured in a Ray task (``evaluate.measure_latency``). A task whose result exists (same inputs and settings) is skipped.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ from transformers import AutoTokenizer
 
 from xdray.config import StageConfig, TransferTask, XdrayConfig
 from xdray.distill.batches import model_inputs, table_batches
-from xdray.evaluate import latency_ms
+from xdray.evaluate import measure_latency
 from xdray.runtime import read_json, write_json, write_summary
 from xdray.steps import make_spec
 from xdray.tracking import Tracker
@@ -74,10 +75,11 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
         trained = export_student(result, model_dir)
         test = evaluate_model(model_dir, data, task.max_length)
         texts = [_text(row) for row in data.test[:tc.latency_sentences]]
-        ms = latency_ms(model_dir, texts, task.max_length, [1], loader=lambda p: _load(p, spec_task))[1]
+        (ms,), node = measure_latency([model_dir], texts, task.max_length, [1], loader=partial(_load, task=spec_task))
         summary = {
             "type": data.type, "metric": headline(data.type), "test": test, "dev_score": trained["dev_score"],
-            "dev": trained["dev_metrics"], "params": trained["params"], "latency_ms": round(ms, 3),
+            "dev": trained["dev_metrics"], "params": trained["params"], "latency_ms": round(ms[1], 3),
+            "latency_node": node,
             "labels": data.names, "rows": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
             "train_samples_per_s": round(trained["samples_per_s"], 1), "workers": trained["world_size"],
             "seconds": round(time.perf_counter() - t0, 1), "history": trained["history"],

@@ -1,0 +1,94 @@
+"""The DeepSpeed side of a training job, free of Ray: the worker spec, the engine config derived from it, and
+the ``run_schedule`` backend over an engine. Ray Train workers use it (``train.worker_loop``), and so does
+``bench/gpu_smoke.py`` on a machine without Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from xdray.config import RepresentationConfig
+
+
+@dataclass
+class TrainSpec:
+    """Everything a worker needs, as plain data (it travels to workers inside ``train_loop_config``)."""
+
+    role: str  # "teacher"/"transfer": fine-tune ``init`` with a new head; "student": build a student from ``init``
+    init: str
+    stages: list[dict]
+    num_labels: int
+    max_length: int
+    batch_size: int
+    lr: float
+    deepspeed: dict
+    grad_accum: int
+    scratch: str  # DeepSpeed checkpoints of each phase's best epoch
+    dev: Any  # ObjectRef of a pyarrow table: text + label rows, or the labelled dev split with teacher targets
+    seed: int = 0
+    student: dict | None = None
+    representation: dict = field(default_factory=lambda: RepresentationConfig().model_dump())
+    teacher_mode: str = "offline"
+    tracking_uri: str | None = None
+    run_id: str | None = None
+    trust_remote_code: bool = False
+    warmup_steps: int = 0
+    checkpoint_every: int | None = None
+    log_every: int = 20
+    student_dir: str | None = None  # a student already built (search trials): workers never load the teacher
+    task: dict | None = None  # transfer: ``TaskData.worker_spec()`` (type, class names): head, batches, dev metric
+
+
+def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
+    ds = spec.deepspeed
+    zero = {"stage": ds["zero_stage"]}
+    if ds["offload_optimizer"]:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_batch_size": spec.batch_size * world_size * spec.grad_accum,
+        "train_micro_batch_size_per_gpu": spec.batch_size,
+        "gradient_accumulation_steps": spec.grad_accum,
+        "gradient_clipping": ds["grad_clip"],
+        "optimizer": {"type": "AdamW", "params": {"lr": spec.lr, "weight_decay": 0.01, "torch_adam": True}},
+        "zero_force_ds_cpu_optimizer": False,  # torch's AdamW also with offload: no C++ extension to compile
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds["precision"] == "bf16"},
+        "fp16": {"enabled": ds["precision"] == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedBackend:
+    """``run_schedule`` on a DeepSpeed engine: its optimizer keeps the unit groups, checkpoints are collective."""
+
+    def __init__(self, engine, scratch: str, sharded_dev: bool):
+        self.model, self.optimizer = engine, engine.optimizer
+        self.scratch, self.sharded_dev = scratch, sharded_dev
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.model.backward(loss)
+        self.model.step()
+
+    def save(self, tag: str) -> None:
+        self.model.save_checkpoint(self.scratch, tag=tag)
+
+    def restore(self, tag: str) -> None:
+        self.model.load_checkpoint(self.scratch, tag=tag)
+
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        if self.sharded_dev and dist.is_initialized():
+            dist.all_reduce(values)
+        return values
+
+
+def save_fp32(model: torch.nn.Module, directory: str) -> None:
+    """An HF directory (safetensors) in float32 whatever the engine trained in: a bf16 engine holds bf16 weights,
+    which would otherwise be saved, recorded as the config's dtype, and loaded and scored in bf16 on a CPU."""
+    state = {k: v.detach().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.save_pretrained(directory, state_dict=state, safe_serialization=True)
+    model.config.dtype = "float32"  # save_pretrained wrote the parameters' dtype
+    model.config.save_pretrained(directory)
