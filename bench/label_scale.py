@@ -5,9 +5,11 @@ row is distinct; a tiny teacher (2 layers, hidden 32, MiniLM's WordPiece vocabul
 cheap, so what is measured is xdray's own plumbing: the serial read/clean/dedupe/chunk pass in the driver, the
 Ray Data actor pool and the shard writes. The cluster is a ``ray.cluster_utils.Cluster`` of three raylets on
 this machine (a head and two worker nodes); each size runs as its own ``xdray label`` process joined to it, so
-the driver's peak RSS is that size's own. Runs 100,000 rows, then 1,000,000, and prints one JSON line:
+the driver's peak RSS is that size's own. Runs 100,000 rows, then 1,000,000, then the corpus pass alone on the
+million rows twice, back to back: serially in one process, and as parallel Ray tasks on the cluster
+(``label.corpus_segment_mb``). Prints one JSON line:
 
-    python bench/label_scale.py [--rows 1000000] [--small 100000] [--actors 2]
+    python bench/label_scale.py [--rows 1000000] [--small 100000] [--actors 2] [--segment-mb 16]
 
 A finished size is reused (the label step's own "complete: nothing to do"); delete
 ``outputs/bench/label_scale`` to measure again.
@@ -90,11 +92,43 @@ def label(rows: int, address: str, actors: int) -> dict:
     return summary
 
 
+def corpus_pass(rows: int, address: str, segment_mb: float) -> dict:
+    """The read/clean/dedupe/chunk pass alone on the big corpus, serial in this process and then as parallel Ray
+    tasks on the cluster (``label.corpus_segment_mb``), back to back: rows/s of each."""
+    import shutil
+    from collections import Counter
+
+    import ray
+
+    from xdray.config import load_config
+    from xdray.data.corpus import clean_rows, write_chunks
+    from xdray.data.parallel import parallel_chunks
+
+    cfg = load_config(job(rows, address, 1))
+    out, figures = OUT / "corpus-pass", {}
+    for mode in ("serial", "parallel"):
+        shutil.rmtree(out, ignore_errors=True)
+        counts: Counter = Counter()
+        t0 = time.perf_counter()
+        if mode == "serial":
+            write_chunks(clean_rows(cfg.data, cfg.seed, counts), out, cfg.label.chunk_rows, ["id", "text"])
+        else:
+            ray.init(address=address, log_to_driver=False)
+            try:
+                parallel_chunks(cfg.data, cfg.seed, out, cfg.label.chunk_rows, int(segment_mb * 2**20), counts)
+            finally:
+                ray.shutdown()
+        figures[mode] = round(counts["rows"] / (time.perf_counter() - t0), 1)
+    shutil.rmtree(out, ignore_errors=True)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--segment-mb", type=float, default=16.0, help="segment size of the parallel corpus pass")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not (SAMPLES / "transfer.txt").is_file():
@@ -109,6 +143,7 @@ def main() -> None:
     cluster.wait_for_nodes()
     try:
         small, big = (label(n, cluster.address, args.actors) for n in (args.small, args.rows))
+        passes = corpus_pass(args.rows, cluster.address, args.segment_mb)
     finally:
         cluster.shutdown()
     per_core = big["corpus_rows_per_s"]
@@ -121,6 +156,7 @@ def main() -> None:
         "rss_ratio_driver": round(big["peak_rss_mb"]["driver"] / small["peak_rss_mb"]["driver"], 3),
         "rss_ratio_actor": round(big["peak_rss_mb"]["actor"] / small["peak_rss_mb"]["actor"], 3),
         "corpus_seconds": big["corpus_seconds"], "label_seconds": big["label_seconds"],
+        "corpus_pass_rows_per_s": passes, "corpus_parallel_speedup": round(passes["parallel"] / passes["serial"], 2),
         "label_rows_per_s_per_actor": round(big["rows_per_s"] / args.actors, 1),
         "corpus_keeps_ahead_of_actors": round(per_core / (big["rows_per_s"] / args.actors), 2),
         "actors": args.actors, "nodes": 3, "seconds": round(time.perf_counter() - t0, 1),

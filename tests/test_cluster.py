@@ -10,9 +10,9 @@ the test downloads nothing; what it checks is where *xdray's* code comes from on
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,12 +26,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+import xdray
 from xdray.cli import main
 
 from .conftest import tiny_config
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+IMAGE_VERSION = f"{xdray.__version__}+image"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -69,6 +71,8 @@ def image(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "xdray", src / "xdray", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
+    init = src / "xdray" / "__init__.py"  # the image's copy is told apart from the client's by its version
+    init.write_text(init.read_text().replace(f'"{xdray.__version__}"', f'"{IMAGE_VERSION}"'))
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(src)],
                    check=True, capture_output=True, timeout=300)
@@ -81,9 +85,10 @@ def image(tmp_path_factory) -> Path:
     (site / "image_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
                    capture_output=True, timeout=300)
-    where = subprocess.check_output([str(image_python), "-c", "import xdray.data.corpus as m; print(m.__file__)"],
-                                    text=True, cwd=root).strip()
-    assert where.startswith(str(site)), where  # the image imports its installed copy, not the checkout
+    where, version = subprocess.check_output(
+        [str(image_python), "-c", "import xdray, xdray.data.corpus as m; print(m.__file__, xdray.__version__)"],
+        text=True, cwd=root).split()
+    assert where.startswith(str(site)) and version == IMAGE_VERSION  # its installed copy, not the checkout
     return venv / "bin"
 
 
@@ -159,6 +164,7 @@ def test_submit_follow_runs_the_pipeline_and_logs_over_http(head, mlflow_server,
     runs = client.search_runs([client.get_experiment_by_name("xdray-submit").experiment_id])
     names = {r.info.run_name for r in runs}
     assert {"pipeline", "teacher", "label", "distill", "search"} <= names
+    assert {r.data.tags["xdray.version"] for r in runs} == {xdray.__version__}  # the client's code ran, not the image's
     distill = next(r for r in runs if r.info.run_name == "distill")
     assert "dev/logits/block.0/accuracy" in distill.data.metrics  # logged by a Ray Train worker, through the server
     assert "summary.json" in {a.path for a in client.list_artifacts(distill.info.run_id)}

@@ -101,6 +101,31 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+def test_the_corpus_pass_in_parallel_ray_tasks_labels_the_same_rows(job, tmp_path):
+    """``label.corpus_segment_mb``: the corpus (about 180 kB) cut into ~10 kB segments, each cleaned in a Ray task:
+    the stored rows are the serial pass's, with the same counts; a task's own error is one line."""
+    cfg = load_config(job)
+    serial = json.loads((cfg.step_dir("label") / "summary.json").read_text())
+    out = tmp_path / "parallel"
+    proc = subprocess.run([sys.executable, "-m", "xdray.cli", "label", str(job), "--set", f"output_dir={out}",
+                           "--set", "label.corpus_segment_mb=0.01"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "label" / "summary.json").read_text())
+    assert summary["cleaning"] == serial["cleaning"] and summary["unique_ids"] == summary["rows"] == ROWS
+    ids = pq.read_table(out / "label" / "data" / "transfer", columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(pq.read_table(cfg.labels_dir / "transfer", columns=["id"]).column("id").to_pylist())
+    assert summary["chunks"] > serial["chunks"]  # each segment ends its own last chunk
+
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"body": "a great film"}\n')
+    proc = subprocess.run([sys.executable, "-m", "xdray.cli", "label", str(job), "--set", f"output_dir={out}-bad",
+                           "--set", "label.corpus_segment_mb=0.01", "--set", f"data.transfer=[{bad}]"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("xdray label: error: data.transfer rows.jsonl: ")
+    assert "has no column 'text'" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_a_missing_or_empty_corpus_fails_with_one_line_and_keeps_earlier_labels(job, tmp_path, capsys):
     cfg = load_config(job)
     manifest = cfg.labels_dir / "_manifest.json"

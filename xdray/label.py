@@ -1,7 +1,8 @@
 """`xdray label`: the teacher labels the transfer corpus (and the dev split) once, into Parquet that every
 distillation stage and search trial reads.
 
-How it runs: the driver streams the sources through cleaning into fixed-size chunk files (``label/work``);
+How it runs: the driver streams the sources through cleaning into fixed-size chunk files (``label/work``), or,
+with ``label.corpus_segment_mb``, parallel Ray tasks do (``data.parallel``);
 Ray Data hands the chunks to a pool of teacher actors (``ChunkLabeler``), and each actor writes one Parquet
 shard per chunk, atomically. A rerun after a crash or Ctrl-C labels only the chunks without a shard (Ray
 Data's own checkpointing is not used: it hangs on small clusters). When every shard exists the directory is
@@ -36,6 +37,7 @@ from transformers import AutoConfig
 
 from xdray.config import XdrayConfig
 from xdray.data.corpus import chunk_name, clean_rows, stable_id, write_chunks
+from xdray.data.parallel import parallel_chunks
 from xdray.data.tables import load_splits
 from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
@@ -142,7 +144,11 @@ def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
     columns = ["id", "text", "text_pair"] if cfg.data.pairs else ["id", "text"]
     rows = cfg.label.chunk_rows
     try:
-        transfer = write_chunks(clean_rows(cfg.data, cfg.seed, counts), work / "corpus" / "transfer", rows, columns)
+        if cfg.label.corpus_segment_mb is None:
+            transfer = write_chunks(clean_rows(cfg.data, cfg.seed, counts), work / "corpus" / "transfer", rows, columns)
+        else:
+            segment_bytes = max(1, int(cfg.label.corpus_segment_mb * 2**20))
+            transfer = parallel_chunks(cfg.data, cfg.seed, work / "corpus" / "transfer", rows, segment_bytes, counts)
         if not transfer:
             names = ", ".join(s.key for s in cfg.data.transfer)
             raise XdrayError(f"data.transfer: the corpus ({names}) holds no non-empty rows ({counts['rows']} read); "
@@ -250,7 +256,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
             "cleaning": cleaning,
             "hidden_layers": hidden, "chunks": len(plan["chunks"]), "resumed_chunks": len(plan["chunks"]) - len(todo),
             "seconds": round(time.perf_counter() - t0, 2), "label_seconds": round(seconds, 2),
-            "corpus_seconds": round(plan["seconds"], 2),  # read, clean, dedupe, chunk: serial, in this driver
+            "corpus_seconds": round(plan["seconds"], 2),  # read, clean, dedupe, chunk (and the dev split)
             "corpus_rows_per_s": round(plan["cleaning"].get("rows", 0) / max(plan["seconds"], 1e-9), 1),
             "rows_per_s": round(labelled / seconds, 1) if ran else 0.0,
             "tokens_per_s": round(tokens / seconds, 1) if ran else 0.0,

@@ -17,9 +17,11 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from xdray import __version__
 from xdray.config import XdrayConfig
 
 KEY_TAG = "xdray.key"
+VERSION_TAG = "xdray.version"  # the code that wrote the run: on a cluster, the submitting client's (py_modules)
 
 
 def tracking_uri(cfg: XdrayConfig) -> str:
@@ -61,7 +63,7 @@ class Tracker:
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
         else:
-            tags = {"mlflow.parentRunId": parent} if parent else {}
+            tags = {VERSION_TAG: __version__, **({"mlflow.parentRunId": parent} if parent else {})}
             if key:
                 tags[KEY_TAG] = key
             run_id = self.client.create_run(experiment_id(self.client, cfg), run_name=name, tags=tags).info.run_id

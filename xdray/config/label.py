@@ -27,6 +27,11 @@ class LabelConfig(Section):
     chunk_rows: int = Field(1024, ge=1)
     """Rows per Parquet shard: the unit of work of an actor, of resume, and the length-sorting window (larger
     for big GPU batches; smaller keeps actors evenly busy at the end of a run)."""
+    corpus_segment_mb: float | None = Field(None, gt=0)
+    """None: the corpus is read, cleaned, deduped and chunked serially in the driver (about 200k rows/s per
+    core). A size: text sources are cut into segments of about this many MiB (other sources stay whole), each
+    cleaned in a Ray task (1 CPU), deduped across the corpus by id in the driver: for corpora that one core
+    cannot clean ahead of a large actor pool. Same rows, ids and counts; other chunk boundaries."""
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)

@@ -41,7 +41,7 @@ def read_source(source: TransferSource, pairs: bool, counts: Counter) -> Iterato
     if kind in ("text", "jsonl", "csv", "tsv"):
         lines = _decoded_lines(source.path, counts)
         if kind == "text":
-            return (_split_pair(line) if pairs else (line, None) for line in lines)
+            return text_rows(lines, pairs)
         if kind == "jsonl":
             return _jsonl_rows(source, lines, pairs, counts)
         return _delimited_rows(source, lines, "," if kind == "csv" else "\t", pairs, counts)
@@ -51,15 +51,24 @@ def read_source(source: TransferSource, pairs: bool, counts: Counter) -> Iterato
 
 
 def _decoded_lines(path: Path, counts: Counter) -> Iterator[str]:
-    """Lines as str; a line with bytes that are not UTF-8 is decoded with U+FFFD and counted."""
     with open(path, "rb") as f:
-        for n, raw in enumerate(f):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                counts["invalid_utf8"] += 1
-                line = raw.decode("utf-8", errors="replace")
-            yield line.removeprefix("\ufeff") if n == 0 else line
+        yield from decode_lines(f, counts, first=True)
+
+
+def decode_lines(raw_lines: Iterable[bytes], counts: Counter, first: bool) -> Iterator[str]:
+    """Lines as str; a line with bytes that are not UTF-8 is decoded with U+FFFD and counted. ``first``: these
+    are a file's first lines (a byte-order mark is dropped)."""
+    for n, raw in enumerate(raw_lines):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            counts["invalid_utf8"] += 1
+            line = raw.decode("utf-8", errors="replace")
+        yield line.removeprefix("\ufeff") if first and n == 0 else line
+
+
+def text_rows(lines: Iterable[str], pairs: bool) -> Iterator[Row]:
+    return (_split_pair(line) if pairs else (line, None) for line in lines)
 
 
 def _split_pair(line: str) -> Row:
@@ -203,26 +212,30 @@ def clean_rows(data: DataConfig, seed: int, counts: Counter) -> Iterator[tuple[s
 def _cleaned(data: DataConfig, counts: Counter) -> Iterator[tuple[str, str, str | None]]:
     seen: set[int] = set()
     for source in data.transfer:
-        for n, (text, pair) in enumerate(read_source(source, data.pairs, counts)):
-            counts["rows"] += 1
-            text = text.strip()
-            pair = pair.strip() if pair is not None else None
-            if not text:
-                counts["empty"] += 1
-                continue
-            content = text if pair is None else f"{text}\t{pair}"
+        for row in cleaned_rows(source, read_source(source, data.pairs, counts), 0, data.cleaning.dedupe, counts):
             if data.cleaning.dedupe:
-                # the id ignores the source so the same text in two corpora is labelled once
-                row_id = stable_id("text", content)
-                key = int(row_id, 16)
+                key = int(row[0], 16)
                 if key in seen:
                     counts["duplicates"] += 1
                     continue
                 seen.add(key)
-            else:
-                row_id = stable_id(f"{source.key}:{n}", content)
             counts["kept"] += 1
-            yield row_id, text, pair
+            yield row
+
+
+def cleaned_rows(source: TransferSource, rows: Iterable[Row], first_row: int, dedupe: bool, counts: Counter
+                 ) -> Iterator[tuple[str, str, str | None]]:
+    """(id, text, pair) of each non-empty row, stripped; ``first_row`` is the source row index of the first one.
+    With ``dedupe`` the id ignores the source and position, so the same text in two corpora is labelled once."""
+    for n, (text, pair) in enumerate(rows, start=first_row):
+        counts["rows"] += 1
+        text = text.strip()
+        pair = pair.strip() if pair is not None else None
+        if not text:
+            counts["empty"] += 1
+            continue
+        content = text if pair is None else f"{text}\t{pair}"
+        yield stable_id("text", content) if dedupe else stable_id(f"{source.key}:{n}", content), text, pair
 
 
 def write_chunks(rows: Iterable[tuple], directory: Path, chunk_rows: int, columns: list[str],
