@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/xdray pipeline jobs/quickstart.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -53,9 +53,11 @@ def test_the_parallel_pass_gives_the_serial_rows_ids_order_and_counts(tmp_path, 
     assert len(sizes) > 1 and max(sizes) <= 16
 
 
-def test_pairs_split_across_segments_match_the_serial_pass(tmp_path):
+def test_pairs_split_across_segments_and_a_corpus_without_duplicates_match_the_serial_pass(tmp_path):
     (tmp_path / "p.txt").write_text("".join(f"first {i}\tsecond {i % 7}\n" for i in range(120)))
     cfg = data_config(tmp_path, [str(tmp_path / "p.txt")], pairs=True)
-    serial = list(clean_rows(cfg, 0, Counter()))
-    rows, _, _ = chunked(tmp_path, cfg, 100)
+    serial_counts = Counter()
+    serial = list(clean_rows(cfg, 0, serial_counts))
+    rows, counts, _ = chunked(tmp_path, cfg, 100)
     assert [(r["id"], r["text"], r["text_pair"]) for r in rows] == serial
+    assert counts == serial_counts and "duplicates" not in counts  # none here: not even a zero count

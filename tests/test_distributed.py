@@ -149,16 +149,19 @@ def test_zero_2_and_3_follow_the_zero_0_loss_curve(runs):
 
 def test_a_bf16_distillation_follows_the_fp32_curve_and_exports_fp32(runs):
     """bf16 keeps 8 mantissa bits: each product is rounded by up to 2^-9 (0.2%), and the weights drift apart
-    step by step, so the curves are compared in the mean (within 5%) and at the first step (1%, rounding only,
-    no drift yet), not pointwise as the ZeRO stages are. The export is float32 and scores on a CPU like fp32's."""
+    step by step, so each phase's curve is compared in the mean (within 5%; measured 0.1-0.8%), and only the
+    run's very first step pointwise (1%: rounding alone, no drift yet; measured 0.08%), not every step as the
+    ZeRO stages are (a later phase's first step already carries the drift: 1.4% seen). The export is float32
+    and scores on a CPU like fp32's."""
     fp32_cfg, fp32 = runs[2]
     cfg, summary = runs["bf16"]
     reference, curves = step_losses(fp32_cfg, fp32), step_losses(cfg, summary)
     assert curves.keys() == reference.keys()
+    first = f"train/{fp32['history'][0]['stage']}/total"
+    assert curves[first][0] == pytest.approx(reference[first][0], rel=1e-2)
     for key, values in reference.items():
         ours = curves[key]
         assert len(ours) == len(values)
-        assert ours[0] == pytest.approx(values[0], rel=1e-2), key
         assert sum(ours) / len(ours) == pytest.approx(sum(values) / len(values), rel=5e-2), key
     student = Path(summary["model_dir"])
     assert read_json(student / "config.json")["dtype"] == "float32"

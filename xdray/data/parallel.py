@@ -147,7 +147,8 @@ def select(results: list[dict], data: DataConfig, chunk_rows: int, counts: Count
         _, first = np.unique(keys, return_index=True)  # each id's first occurrence in corpus order
         keep[:] = False
         keep[first] = True
-        counts["duplicates"] += int(len(keys) - len(first))
+        if len(first) < len(keys):  # a Counter key only when there are some, as in the serial pass
+            counts["duplicates"] += int(len(keys) - len(first))
     counts["kept"] += int(keep.sum())
     limit = data.max_transfer_rows
     if limit is not None and keep.sum() > limit:
