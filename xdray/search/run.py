@@ -172,10 +172,9 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
             if run_id and t["status"] == "stopped":  # ASHA killed its actor before the run could end itself
                 tracker.client.set_tag(run_id, "xdray.stopped_early", "true")
                 tracker.client.set_terminated(run_id, "KILLED")
-            if run_id and t["status"] == "diverged":
-                tracker.client.set_tag(run_id, "xdray.diverged", "true")
-        for t in trials:
             if t["status"] == "diverged":
+                if run_id:
+                    tracker.client.set_tag(run_id, "xdray.diverged", "true")
                 print(f"xdray search: warning: trial {t['trial_id']} ({t['arch']}) ended at dev accuracy "
                       f"{t['dev_accuracy']:.3f}, no better than the majority label: marked diverged, kept off the "
                       "front (try a lower lr for this shape)", flush=True)
