@@ -32,19 +32,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from label_throughput import teacher  # the same seeded-head teacher as the labelling benchmark
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from label_throughput import teacher  # the same seeded-head teacher as the labelling benchmark
+from xdray.common.memory import keep_freed_memory
+from xdray.common.tracking import Tracker
 from xdray.config import StudentConfig, validate_config
-from xdray.data.corpus import clean_rows
 from xdray.data.samples import prepare_samples
 from xdray.distill.batches import collate, model_inputs, table_batches
 from xdray.distill.objective import DistillModule, Objective
 from xdray.distill.schedule import TorchBackend
-from xdray.models.student import build_student
+from xdray.distill.student import build_student
+from xdray.label.corpus import clean_rows
 from xdray.pipeline import run_step
-from xdray.runtime import keep_freed_memory
-from xdray.tracking import Tracker
 
 MAX_LENGTH = 64
 STUDENT = {"layers": 3, "hidden": 256, "heads": 4, "intermediate": 1024}

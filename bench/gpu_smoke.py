@@ -100,7 +100,7 @@ def label(teacher_dir: Path, shapes: Shapes, texts: list[str], threads: int):
     import pyarrow as pa
 
     from xdray.distill.losses import layer_map
-    from xdray.models.teacher import ChunkLabeler
+    from xdray.label.labeler import ChunkLabeler
 
     hidden = layer_map(shapes.student["layers"], shapes.teacher["num_hidden_layers"])
     labeller = ChunkLabeler(str(teacher_dir), shapes.max_length, threads, shapes.label_batch, hidden_layers=hidden,
@@ -125,8 +125,8 @@ def distill(teacher, tokenizer, labelled, shapes: Shapes, device: str, scratch: 
     from xdray.distill.losses import layer_map
     from xdray.distill.objective import DistillModule, Objective
     from xdray.distill.schedule import Data, expand_stages, param_groups, run_schedule
-    from xdray.engine import DeepSpeedBackend, TrainSpec, deepspeed_config
-    from xdray.models.student import build_student
+    from xdray.distill.student import build_student
+    from xdray.train.engine import DeepSpeedBackend, TrainSpec, deepspeed_config
 
     student_cfg = StudentConfig(**shapes.student)
     mapping = tuple(layer_map(student_cfg.layers, teacher.config.num_hidden_layers))
@@ -184,8 +184,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from xdray.engine import save_fp32
-    from xdray.evaluate import latency_ms
+    from xdray.common.latency import latency_ms
+    from xdray.train.engine import save_fp32
 
     with tempfile.TemporaryDirectory() as tmp:
         texts = sentences(shapes.rows, shapes.max_length)  # more words than tokens: every row fills max_length

@@ -101,8 +101,8 @@ def corpus_pass(rows: int, address: str, segment_mb: float) -> dict:
     import ray
 
     from xdray.config import load_config
-    from xdray.data.corpus import clean_rows, write_chunks
-    from xdray.data.parallel import parallel_chunks
+    from xdray.label.corpus import clean_rows, write_chunks
+    from xdray.label.parallel import parallel_chunks
 
     cfg = load_config(job(rows, address, 1))
     out, figures = OUT / "corpus-pass", {}

@@ -32,12 +32,12 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+from xdray.common.tracking import Tracker
 from xdray.config import validate_config
-from xdray.data.corpus import clean_rows
 from xdray.data.samples import prepare_samples
-from xdray.models.teacher import length_batches, pad_batch
+from xdray.label.corpus import clean_rows
+from xdray.label.labeler import length_batches, pad_batch
 from xdray.pipeline import run_step
-from xdray.tracking import Tracker
 
 MAX_LENGTH = 128
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
+from xdray.common.files import read_summary
+from xdray.common.latency import cpu_latency_ms
+from xdray.common.tracking import Tracker, tracking_uri
 from xdray.config import validate_config
 from xdray.data.samples import prepare_samples
 from xdray.data.tables import read_labeled
-from xdray.evaluate import cpu_latency_ms
 from xdray.pipeline import run_step
-from xdray.runtime import read_summary
-from xdray.tracking import Tracker, tracking_uri
 
 STUDENT = {"layers": 3, "hidden": 256, "heads": 4, "intermediate": 1024, "embeddings": "pca"}
 TRAIN = {"workers": 2, "cpus_per_worker": 1, "batch_size": 32, "lr": 1.0e-3,

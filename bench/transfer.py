@@ -30,12 +30,12 @@ import psutil
 # the source-task teacher/label/distill runs, as the quality bench makes them
 from quality import PRETRAINED_LR, base_config, out_dir, run
 
+from xdray.common.hf import load_classifier
+from xdray.common.latency import cpu_latency_ms
 from xdray.config import StudentConfig
 from xdray.data.samples import prepare_samples
 from xdray.data.transfer_sets import prepare_transfer_sets
-from xdray.evaluate import cpu_latency_ms
-from xdray.models.student import build_student
-from xdray.models.teacher import load_classifier
+from xdray.distill.student import build_student
 
 STUDENT = {"layers": 3, "hidden": 384, "heads": 12, "intermediate": 1536}
 TASKS = {"wordnet_verbs": "classification", "vader_tweets": "regression"}

@@ -4,7 +4,6 @@ schedule. No Ray, no DeepSpeed."""
 from __future__ import annotations
 
 import copy
-
 import math
 
 import pytest
@@ -23,8 +22,8 @@ from xdray.distill.schedule import (
     run_schedule,
     set_trainable,
 )
+from xdray.distill.student import build_student, param_counts, pca_compress, spread_layers
 from xdray.errors import XdrayError
-from xdray.models.student import build_student, param_counts, pca_compress, spread_layers
 
 
 def _teacher(hidden=48, heads=12, layers=4, seed=0) -> BertForSequenceClassification:

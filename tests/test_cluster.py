@@ -86,7 +86,7 @@ def image(tmp_path_factory) -> Path:
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
                    capture_output=True, timeout=300)
     where, version = subprocess.check_output(
-        [str(image_python), "-c", "import xdray, xdray.data.corpus as m; print(m.__file__, xdray.__version__)"],
+        [str(image_python), "-c", "import xdray, xdray.label.corpus as m; print(m.__file__, xdray.__version__)"],
         text=True, cwd=root).split()
     assert where.startswith(str(site)) and version == IMAGE_VERSION  # its installed copy, not the checkout
     return venv / "bin"

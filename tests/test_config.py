@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from xdray.config import ConfigError, load_config, validate_config
-from xdray.runtime import STEPS, check_inputs
+from xdray.pipeline import STEPS, check_inputs
 
 from .conftest import tiny_config
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 from xdray.config import StudentConfig
 from xdray.distill.batches import accuracy, collate, length_sorted_batches
-from xdray.models.student import build_student, param_counts, pca_compress
+from xdray.distill.student import build_student, param_counts, pca_compress
 
 
 @pytest.fixture(scope="module")

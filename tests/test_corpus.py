@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from xdray.config import DataConfig
-from xdray.data.corpus import clean_rows, write_chunks
 from xdray.errors import XdrayError
-from xdray.models.teacher import ChunkLabeler, length_batches
+from xdray.label.corpus import clean_rows, write_chunks
+from xdray.label.labeler import ChunkLabeler, length_batches
 
 SENTENCES = ["a great film", "a dull film", "the plot is weak", "what a superb cast"]
 
@@ -136,7 +136,7 @@ def test_a_hub_dataset_that_cannot_be_reached_is_one_line(tmp_path):
 
 
 def test_unique_ids_counts_distinct_ids_across_shards(tmp_path):
-    from xdray.label import unique_ids
+    from xdray.label.run import unique_ids
 
     pq.write_table(pa.table({"id": ["a", "b", "c"]}), tmp_path / "chunk-000000.parquet")
     pq.write_table(pa.table({"id": ["c", "d"]}), tmp_path / "chunk-000001.parquet")  # "c" labelled twice

@@ -11,8 +11,8 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from xdray.data.corpus import chunk_name, clean_rows
-from xdray.data.parallel import in_process, parallel_chunks, plan_segments
+from xdray.label.corpus import chunk_name, clean_rows
+from xdray.label.parallel import in_process, parallel_chunks, plan_segments
 
 from .test_corpus import data_config
 

@@ -16,15 +16,15 @@ import mlflow
 import pytest
 import torch
 import yaml
-from safetensors import safe_open
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
+from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from xdray.common.files import read_json
+from xdray.common.tracking import Tracker, tracking_uri
 from xdray.config import load_config
-from xdray.runtime import read_json
-from xdray.steps import in_memory, run_distill
-from xdray.tracking import Tracker, tracking_uri
+from xdray.distill.run import in_memory, run_distill
 
 from .conftest import tiny_config
 

@@ -14,8 +14,8 @@ from transformers import BertConfig, BertModel
 from xdray.config import StudentConfig
 from xdray.distill.objective import DistillModule, Objective
 from xdray.distill.schedule import param_groups, set_trainable
-from xdray.models.student import build_student
-from xdray.engine import TrainSpec, deepspeed_config
+from xdray.distill.student import build_student
+from xdray.train.engine import TrainSpec, deepspeed_config
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_offload_and_accumulation_are_engaged_and_frozen_blocks_stay_put(deepspe
 
 _REALLOCATE = """
 import resource, sys, torch
-from xdray.runtime import keep_freed_memory
+from xdray.common.memory import keep_freed_memory
 took = keep_freed_memory() if sys.argv[1] == "keep" else None
 buffer = torch.ones(16 * 2**20)  # 64 MiB: above glibc's largest mmap threshold; faulted in, then freed
 del buffer

@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from xdray.cli import main
 from xdray.config import load_config
-from xdray.data.corpus import clean_rows
 from xdray.errors import XdrayError
-from xdray.label import check_labels
+from xdray.label.corpus import clean_rows
+from xdray.label.run import check_labels
 
 from .conftest import tiny_config
 

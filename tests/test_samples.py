@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from xdray.data import samples
 from xdray.data.tables import read_labeled
 from xdray.errors import XdrayError
-from xdray.models.teacher import ChunkLabeler
+from xdray.label.labeler import ChunkLabeler
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForSequenceClassification
 
+from xdray.common.files import read_json
+from xdray.common.tracking import tracking_uri
 from xdray.config import load_config
-from xdray.runtime import read_json
-from xdray.tracking import tracking_uri
 
 from .conftest import tiny_config
 
@@ -102,7 +102,7 @@ def test_asha_stopped_the_weak_trial_and_the_next_one_ran(searched):
 
 
 def test_resume_skips_finished_trials_and_continues_the_interrupted_one(searched):
-    summary, out = searched["summary"], searched["out"]
+    summary = searched["summary"]
     assert summary["resumed"] is True
     for path, mtime in searched["before"].items():  # the first trial's result was not rewritten
         assert path.stat().st_mtime_ns == mtime

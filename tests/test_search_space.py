@@ -7,8 +7,9 @@ import pytest
 
 from tests.conftest import tiny_config
 from xdray.config import BudgetConfig, validate_config
+from xdray.config.space import candidate, every_candidate, stages, to_params
 from xdray.search.pareto import choose, dominates, pareto_front
-from xdray.search.space import candidate, define, every_candidate, stages, to_params
+from xdray.search.space import define
 
 
 @pytest.fixture

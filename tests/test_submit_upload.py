@@ -36,7 +36,7 @@ def test_the_package_upload_holds_every_file_of_the_package(tmp_path):
              if p.is_file() and "__pycache__" not in p.parts}
     _, module = _uploads(REPO, tmp_path)
     assert files and files <= module, sorted(files - module)
-    assert {"xdray/data/corpus.py", "xdray/config/__init__.py", "xdray/cli.py"} <= module
+    assert {"xdray/data/tables.py", "xdray/config/__init__.py", "xdray/cli.py"} <= module
     assert not any("__pycache__" in n for n in module)
 
 

@@ -100,14 +100,14 @@ def _transfer_sets(directory: Path, data_verb: Path | None) -> int:
 
 def _run(command: str, config_path: str, overrides: list[str]) -> int:
     from xdray.config import load_config
-    from xdray.runtime import check_inputs, pipeline_steps
+    from xdray.pipeline import check_inputs, pipeline_steps
 
     cfg = load_config(config_path, overrides)
     check_inputs(cfg, pipeline_steps(cfg) if command == "pipeline" else (command,))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    from xdray.common.tracking import Tracker
     from xdray.pipeline import run_pipeline, run_step
-    from xdray.tracking import Tracker
 
     tracker = Tracker.for_config(cfg)
     if command == "pipeline":

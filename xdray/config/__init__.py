@@ -15,14 +15,26 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from xdray.config.base import ConfigError, one_line, Section, looks_local
+from xdray.config.base import ConfigError, Section, looks_local, one_line
 from xdray.config.data import CORPUS_FORMATS, CleaningConfig, DataConfig, TransferSource
 from xdray.config.distill import (
-    REPRESENTATION_LOSSES, TEACHER_LOSSES, DistillConfig, LossName, RepresentationConfig, StageConfig, StudentConfig,
+    REPRESENTATION_LOSSES,
+    TEACHER_LOSSES,
+    DistillConfig,
+    LossName,
+    RepresentationConfig,
+    StageConfig,
+    StudentConfig,
 )
 from xdray.config.label import LabelConfig, TeacherConfig
 from xdray.config.search import (
-    OBJECTIVES, SEARCH_DIMENSIONS, AshaConfig, BudgetConfig, LatencyConfig, SearchConfig, SearchSpace,
+    OBJECTIVES,
+    SEARCH_DIMENSIONS,
+    AshaConfig,
+    BudgetConfig,
+    LatencyConfig,
+    SearchConfig,
+    SearchSpace,
 )
 from xdray.config.trainer import DeepSpeedConfig, TrainerConfig
 from xdray.config.transfer import GLUE_PRESETS, TASK_FORMATS, TASK_TYPES, TransferConfig, TransferTask
@@ -113,7 +125,7 @@ class XdrayConfig(Section):
         except ValidationError as e:
             raise ValueError(f"search.workers_per_trial={self.search.workers_per_trial}: "
                              f"{one_line(e).removeprefix('deepspeed.')}") from None
-        from xdray.search.space import every_candidate  # the space's students, checked as distill.student is
+        from xdray.config.space import every_candidate  # the space's students, checked as distill.student is
 
         try:
             every_candidate(self)

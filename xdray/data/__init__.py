@@ -1,1 +1,1 @@
-"""Data: labeled task splits, unlabeled transfer corpora, and the offline sample data."""
+"""`xdray data`: the offline sample datasets, the transfer sets, and the labeled-split tables steps read."""

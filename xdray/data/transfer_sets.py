@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import unquote
 
+from xdray.common.files import write_json
 from xdray.data.samples import VADER_SDIST, _read_ground_truth, _vader_sdist
 from xdray.data.tables import write_atomic_tsv
 from xdray.errors import XdrayError
-from xdray.runtime import write_json
 
 SPLIT_SEED = 13
 SPLITS = ("train", "dev", "test")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from xdray.distill.batches import model_inputs
-from xdray.models.student import embedding_modules, encoder_blocks
+from xdray.distill.student import embedding_modules, encoder_blocks
 
 HEAD = "head"
 EMBEDDINGS = "embeddings"

@@ -18,15 +18,16 @@ import ray
 from ray import tune
 from transformers import AutoConfig
 
+from xdray.common.files import file_stamp, replace_dir, staging_dir, write_json, write_summary
+from xdray.common.tracking import Tracker
 from xdray.config import OBJECTIVES, XdrayConfig
+from xdray.config.space import candidate, every_candidate, stages, to_params
 from xdray.data.tables import load_splits
+from xdray.distill.run import check_student_fits, student_data
 from xdray.errors import XdrayError
-from xdray.runtime import file_stamp, replace_dir, staging_dir, write_json, write_summary
 from xdray.search import pareto
-from xdray.search.space import candidate, define, every_candidate, stages, to_params
+from xdray.search.space import define
 from xdray.search.trial import TrialContext, make_trial, trial_latency
-from xdray.steps import check_student_fits, student_data
-from xdray.tracking import Tracker
 
 # The trial function only waits on its TorchTrainer, whose workers hold the real CPUs; Tune rejects 0.
 TRIAL_DRIVER_CPUS = 0.1

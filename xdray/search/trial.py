@@ -18,15 +18,16 @@ import pyarrow as pa
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from xdray.common.files import read_json, replace_dir, staging_dir, write_json
+from xdray.common.hf import load_classifier
+from xdray.common.latency import measure_latency
+from xdray.common.tracking import Tracker
 from xdray.config import DistillConfig, XdrayConfig
-from xdray.evaluate import measure_latency
-from xdray.models.student import build_student, param_counts
-from xdray.models.teacher import load_classifier
-from xdray.runtime import read_json, replace_dir, staging_dir, write_json
-from xdray.search.space import Candidate, candidate, stages
-from xdray.steps import make_spec
-from xdray.tracking import Tracker
-from xdray.train import count_forwards, export_student, fit
+from xdray.config.space import Candidate, candidate, stages
+from xdray.distill.role import StudentRole
+from xdray.distill.student import build_student, param_counts
+from xdray.train.fit import export_student, fit, make_spec
+from xdray.train.role import count_forwards
 
 
 @dataclass
@@ -108,9 +109,9 @@ def make_trial(ctx: TrialContext):
             constants = {"params": counts["total"], **trial_latency(ctx, trial_dir / "init")[0]}
             tracker.metrics(run_id, constants)
             trainer = ctx.trainer.model_copy(update={"lr": cand.lr})
-            spec = make_spec(cfg, trainer, "student", str(cfg.teacher_dir), stages(cfg, cand.schedule),
-                             ctx.num_labels, ctx.dev_table, trial_dir / "scratch", run_id, student=cand.student,
-                             student_dir=trial_dir / "init")
+            role = StudentRole(cand.student.model_dump(), student_dir=str(trial_dir / "init"))
+            spec = make_spec(cfg, trainer, role, str(cfg.teacher_dir), stages(cfg, cand.schedule),
+                             ctx.num_labels, ctx.dev_table, trial_dir / "scratch", run_id)
             result = fit(spec, trainer, ctx.datasets, ctx.out / "ray" / "trials", f"trial-{trial_id}",
                          callbacks=[ReportToTune(constants)])
             trained = export_student(result, trial_dir / "student")

@@ -1,6 +1,6 @@
 """What a transfer worker builds for a task: the model with a fresh head on the student's encoder, and the
 collate function that turns rows into batches (first-sub-word tag labels for token tasks, float targets for
-regression). Plain torch and transformers; ``train.worker_loop`` calls it for ``role == "transfer"``."""
+regression). Plain torch and transformers; ``transfer.role.TransferRole`` calls it on the workers."""
 
 from __future__ import annotations
 
@@ -75,9 +75,7 @@ def regression_collate(raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenize
     return batch
 
 
-def task_collate(task: dict | None) -> Callable[..., dict]:
-    if task is None:
-        return collate
+def task_collate(task: dict) -> Callable[..., dict]:
     return {"token_classification": token_collate, "regression": regression_collate}.get(task["type"], collate)
 
 

@@ -1,6 +1,6 @@
 """`xdray transfer`: fine-tune a distilled student (or any HF encoder) on each target task, driver side.
 
-Each task is one Ray Train + DeepSpeed job (``train.worker_loop`` with ``role="transfer"``): a fresh head on
+Each task is one Ray Train + DeepSpeed job (``train.loop.worker_loop`` in the ``TransferRole``): a fresh head on
 the student's encoder, one stage on the task's train split, early stopping on the task's dev metric with the
 best epoch restored. The test split is scored once, here in the driver, on the exported model; its CPU
 latency is measured in a Ray task (``evaluate.measure_latency``). A task whose result exists (same inputs and settings) is skipped.
@@ -19,15 +19,15 @@ import torch
 from tabulate import tabulate
 from transformers import AutoTokenizer
 
+from xdray.common.files import read_json, write_json, write_summary
+from xdray.common.latency import measure_latency
+from xdray.common.tracking import Tracker
 from xdray.config import StageConfig, TransferTask, XdrayConfig
 from xdray.distill.batches import model_inputs, table_batches
-from xdray.evaluate import measure_latency
-from xdray.runtime import read_json, write_json, write_summary
-from xdray.steps import make_spec
-from xdray.tracking import Tracker
-from xdray.train import export_student, fit, run_name
+from xdray.train.fit import export_student, fit, make_spec, run_name
 from xdray.transfer.metrics import headline, task_metrics
 from xdray.transfer.model import model_class, task_collate, task_loss
+from xdray.transfer.role import TransferRole
 from xdray.transfer.tasks import TaskData, load_task
 
 EVAL_BATCH = 64
@@ -56,8 +56,8 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
     stage = StageConfig(name=task.name, data="train", loss=task_loss(spec_task), epochs=tc.epochs,
                         patience=tc.patience, monitor="dev_score")
     dev = pa.Table.from_pylist(sorted(data.dev, key=_length))
-    spec = make_spec(cfg, tc, "transfer", student, [stage.model_dump()], data.num_labels, dev, out / "scratch", "",
-                     task=spec_task, max_length=task.max_length, trust_remote_code=tc.trust_remote_code)
+    spec = make_spec(cfg, tc, TransferRole(spec_task), student, [stage.model_dump()], data.num_labels, dev,
+                     out / "scratch", "", max_length=task.max_length, trust_remote_code=tc.trust_remote_code)
     inputs = [p for p in (task.train, task.dev, task.test) if p is not None]
     inputs += [Path(student, f) for f in ("config.json", "model.safetensors") if Path(student).is_dir()]
     name = run_name(f"transfer-{task.name}", spec, tc, inputs)

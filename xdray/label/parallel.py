@@ -23,8 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from xdray.common.files import atomic_path
 from xdray.config import DataConfig
-from xdray.data.corpus import (
+from xdray.errors import XdrayError
+from xdray.label.corpus import (
     Row,
     chunk_name,
     cleaned_rows,
@@ -33,8 +35,6 @@ from xdray.data.corpus import (
     stable_id,
     text_rows,
 )
-from xdray.errors import XdrayError
-from xdray.runtime import atomic_path
 
 
 @dataclass(frozen=True)

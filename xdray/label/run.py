@@ -35,15 +35,16 @@ import pyarrow.parquet as pq
 import ray
 from transformers import AutoConfig
 
+from xdray.common.files import file_stamp, read_json, read_summary, replace_dir, write_json, write_summary
+from xdray.common.memory import peak_rss_mb
+from xdray.common.tracking import Tracker
 from xdray.config import XdrayConfig
-from xdray.data.corpus import chunk_name, clean_rows, stable_id, write_chunks
-from xdray.data.parallel import parallel_chunks
 from xdray.data.tables import load_splits
 from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
-from xdray.models.teacher import ChunkLabeler
-from xdray.runtime import file_stamp, peak_rss_mb, read_json, read_summary, replace_dir, write_json, write_summary
-from xdray.tracking import Tracker
+from xdray.label.corpus import chunk_name, clean_rows, stable_id, write_chunks
+from xdray.label.labeler import ChunkLabeler
+from xdray.label.parallel import parallel_chunks
 
 SCHEMA_VERSION = 3
 PARTS = ("transfer", "dev")

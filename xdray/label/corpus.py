@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xdray.common.files import atomic_path
 from xdray.config import DataConfig, TransferSource
 from xdray.errors import XdrayError
-from xdray.runtime import atomic_path
 
 Row = tuple[str, str | None]
 """(text, text_pair); the pair is None for single-sentence tasks."""

@@ -1,5 +1,5 @@
-"""Test accuracy of a saved HF classifier, and its latency: measured where the device is, in a Ray task that
-reserves it (``measure_latency``), never in the driver, whose node may have no GPU (a cluster's head)."""
+"""The latency of a saved HF model: measured where the device is, in a Ray task that reserves it
+(``measure_latency``), never in the driver, whose node may have no GPU (a cluster's head)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ from pathlib import Path
 
 import torch
 
-from xdray.data.tables import LabeledSplit
-from xdray.distill.batches import accuracy, predict
-from xdray.models.teacher import load_classifier
-
-
-def test_accuracy(model_dir: Path, split: LabeledSplit, max_length: int) -> float:
-    model, tokenizer = load_classifier(str(model_dir))
-    return accuracy(predict(model, tokenizer, split.texts, max_length, pairs=split.pairs), split.labels)
+from xdray.common.hf import load_classifier
 
 
 def measure_latency(model_dirs: list[Path], texts: list[str], max_length: int, batch_sizes: list[int],

@@ -1,5 +1,5 @@
-"""The teacher: loading any HF encoder (local directory or hub id) with a sequence-classification head, and
-batch inference over chunks of the transfer corpus (the labelling actors' work)."""
+"""The labelling actors' work: the teacher's batch inference over chunks of the transfer corpus, one Parquet shard
+per chunk."""
 
 from __future__ import annotations
 
@@ -12,21 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from xdray.runtime import atomic_path, peak_rss_mb
-
-
-def load_classifier(
-    path: str, num_labels: int | None = None, trust_remote_code: bool = False
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load model + tokenizer; ``num_labels`` adds a fresh head to a bare encoder (teacher fine-tuning)."""
-    kwargs = {"num_labels": num_labels} if num_labels is not None else {}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, trust_remote_code=trust_remote_code, use_safetensors=None, **kwargs
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return model, tokenizer
+from xdray.common.files import atomic_path
+from xdray.common.hf import load_classifier
+from xdray.common.memory import peak_rss_mb
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint
 
+from xdray.common.files import read_json, write_json
 from xdray.distill.schedule import Position
-from xdray.runtime import read_json, write_json
 
 STATE_TAG = "state"
 SCHEDULE = "schedule.json"

@@ -1,5 +1,5 @@
 """The DeepSpeed side of a training job, free of Ray: the worker spec, the engine config derived from it, and
-the ``run_schedule`` backend over an engine. Ray Train workers use it (``train.worker_loop``), and so does
+the ``run_schedule`` backend over an engine. Ray Train workers use it (``train.loop.worker_loop``), and so does
 ``bench/gpu_smoke.py`` on a machine without Ray."""
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from xdray.config import RepresentationConfig
 class TrainSpec:
     """Everything a worker needs, as plain data (it travels to workers inside ``train_loop_config``)."""
 
-    role: str  # "teacher"/"transfer": fine-tune ``init`` with a new head; "student": build a student from ``init``
-    init: str
+    init: str  # the checkpoint the role builds from: a backbone, the teacher, or the student to transfer
     stages: list[dict]
     num_labels: int
     max_length: int
@@ -28,18 +27,15 @@ class TrainSpec:
     grad_accum: int
     scratch: str  # DeepSpeed checkpoints of each phase's best epoch
     dev: Any  # ObjectRef of a pyarrow table: text + label rows, or the labelled dev split with teacher targets
+    role: Any = None  # a ``train.role.Role``: what the workers build, how they batch rows and score dev
     seed: int = 0
-    student: dict | None = None
     representation: dict = field(default_factory=lambda: RepresentationConfig().model_dump())
-    teacher_mode: str = "offline"
     tracking_uri: str | None = None
     run_id: str | None = None
     trust_remote_code: bool = False
     warmup_steps: int = 0
     checkpoint_every: int | None = None
     log_every: int = 20
-    student_dir: str | None = None  # a student already built (search trials): workers never load the teacher
-    task: dict | None = None  # transfer: ``TaskData.worker_spec()`` (type, class names): head, batches, dev metric
 
 
 def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:

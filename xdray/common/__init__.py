@@ -1,0 +1,1 @@
+"""Plumbing every step shares: files, MLflow, HF loading, latency, memory."""

@@ -1,0 +1,50 @@
+"""The student's role in the worker loop (``xdray distill`` and search trials): build a student from the teacher
+(or load the one a search trial built), and keep the teacher beside it when it runs online."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import AutoConfig
+
+from xdray.common.hf import load_classifier
+from xdray.config import StudentConfig
+from xdray.distill.losses import layer_map
+from xdray.distill.objective import DistillModule
+from xdray.distill.student import build_student
+from xdray.train.engine import TrainSpec
+from xdray.train.role import Built, Role, count_forwards
+
+
+@dataclass(frozen=True)
+class StudentRole(Role):
+    student: dict  # a ``StudentConfig`` dump
+    student_dir: str | None = None  # a student already built (search trials): workers never load the teacher
+    teacher_mode: str = "offline"  # "online": the teacher runs in the worker on transfer stages
+
+    def build(self, spec: TrainSpec) -> Built:
+        student_cfg = StudentConfig(**self.student)
+        keep = self.teacher_mode == "online" and any(s["data"] == "transfer" for s in spec.stages)
+        if self.student_dir and not keep:  # only the teacher's config is read here
+            student, tokenizer = load_classifier(self.student_dir)
+            teacher, teacher_config = None, AutoConfig.from_pretrained(spec.init)
+        else:
+            teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code)
+            student, teacher_config = build_student(student_cfg, teacher, spec.num_labels, spec.seed), teacher.config
+        rep = spec.representation
+        mapping = tuple(layer_map(student_cfg.layers, teacher_config.num_hidden_layers, rep["layer_map"]))
+        if _uses(spec, "attention") and rep["attention"] == "mean_heads":  # fused kernels return no attention maps
+            for model in (m for m in (student, teacher) if m is not None):
+                model.set_attn_implementation("eager")
+        states = len(mapping) if _uses(spec, "hidden") else 0
+        module = DistillModule(student, teacher_config.hidden_size, states)
+        frozen = student_cfg.freeze_embeddings
+        if not keep:
+            return Built(module, tokenizer, None, mapping, teacher_loaded=teacher is not None, freeze_embeddings=frozen)
+        teacher.eval().requires_grad_(False)
+        return Built(module, tokenizer, teacher, mapping, teacher_forwards=count_forwards(teacher),
+                     freeze_embeddings=frozen)
+
+
+def _uses(spec: TrainSpec, loss: str) -> bool:
+    return any(loss in s["loss"] for s in spec.stages)

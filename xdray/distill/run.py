@@ -1,0 +1,81 @@
+"""`xdray distill`, driver side: the student's datasets (the labelled Parquet and/or the train split), checks
+that the student suits the teacher and its labels, and one Ray Train job in the ``StudentRole``. Test accuracy
+is measured once, at the end (``train.fit.finish_classifier``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from transformers import AutoConfig, PretrainedConfig
+
+from xdray.common.tracking import Tracker
+from xdray.config import StudentConfig, XdrayConfig
+from xdray.data.tables import LabeledSplit, load_splits, text_table
+from xdray.distill.role import StudentRole
+from xdray.distill.student import check_student
+from xdray.errors import XdrayError
+from xdray.label.run import check_labels
+from xdray.train.fit import finish_classifier, fit, make_spec, run_name
+
+
+def student_data(cfg: XdrayConfig, train: LabeledSplit, dev: LabeledSplit, stages: list[dict],
+                 student_layers: list[int]) -> tuple[dict, pa.Table]:
+    """The Ray datasets a distillation reads (the labelled transfer Parquet and/or the labeled train split) and
+    its dev table — with the teacher's outputs from the labelling job when targets come from Parquet."""
+    sources = {s["data"] for s in stages}
+    datasets, dev_table = {}, text_table(dev)
+    if "train" in sources:
+        datasets["train"] = ray.data.from_items(train.rows())
+    if "transfer" in sources:
+        check_labels(cfg, student_layers, any("hidden" in s["loss"] for s in stages))
+        transfer = ray.data.read_parquet(str(cfg.labels_dir / "transfer"), file_extensions=["parquet"])
+        keep = in_memory(cfg.distill.transfer_cache, cfg.labels_dir / "transfer")
+        datasets["transfer"] = transfer.materialize() if keep else transfer
+        if cfg.distill.teacher_mode == "offline":
+            dev_table = pq.read_table(cfg.labels_dir / "dev")
+    return datasets, dev_table
+
+
+def in_memory(mode: str, parquet_dir: Path) -> bool:
+    """Whether the transfer set is read into the object store once rather than from its files every epoch."""
+    if mode != "auto":
+        return mode == "memory"
+    size = sum(f.stat().st_size for f in parquet_dir.rglob("*.parquet"))
+    return size * 8 < ray.cluster_resources().get("object_store_memory", 0)
+
+
+def check_student_fits(cfg: XdrayConfig, student: StudentConfig, hidden: bool,
+                       teacher: PretrainedConfig | None = None) -> None:
+    """The student's init and depth suit the teacher (``hidden``: it trains with the hidden loss); one line,
+    before any worker starts."""
+    teacher = teacher or AutoConfig.from_pretrained(cfg.teacher_dir)
+    check_student(student, teacher)
+    if student.layers > teacher.num_hidden_layers and hidden:
+        raise XdrayError(
+            f"distill.student.layers={student.layers}: the hidden loss maps student layers onto the teacher's "
+            f"{teacher.num_hidden_layers}; fix: use at most {teacher.num_hidden_layers} layers"
+        )
+
+
+def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
+    train, dev, test = load_splits(cfg)
+    out = cfg.step_dir("distill")
+    dc = cfg.distill
+    stages = [s.model_dump() for s in dc.stages]
+    check_student_fits(cfg, dc.student, dc.uses_hidden)
+    datasets, dev_table = student_data(cfg, train, dev, stages, [dc.student.layers])
+    with tracker.run(cfg, "distill", parent) as run_id:
+        tracker.params(run_id, {"distill": dc.model_dump(mode="json"), "teacher": str(cfg.teacher_dir)})
+        role = StudentRole(dc.student.model_dump(), teacher_mode=dc.teacher_mode)
+        spec = make_spec(cfg, dc, role, str(cfg.teacher_dir), stages, max(train.labels) + 1, dev_table,
+                         out / "scratch", run_id)
+        t0 = time.perf_counter()
+        name = run_name("distill", spec, dc, [cfg.data.train, cfg.data.dev, cfg.labels_dir / "_manifest.json"])
+        result = fit(spec, dc, datasets, out / "ray", name)
+        summary = finish_classifier(cfg, tracker, run_id, "distill", result, test, time.perf_counter() - t0)
+    return summary

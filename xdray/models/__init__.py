@@ -1,1 +1,0 @@
-"""Models: teacher loading and the student builder (plain PyTorch / Hugging Face, no Ray)."""

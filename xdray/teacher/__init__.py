@@ -1,0 +1,1 @@
+"""`xdray teacher`: fine-tune the teacher on the source task."""

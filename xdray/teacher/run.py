@@ -1,0 +1,44 @@
+"""`xdray teacher`, driver side: fine-tune the backbone (a local HF directory or hub id) with a fresh
+classification head on the source task's train split, as one Ray Train + DeepSpeed job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import ray
+
+from xdray.common.hf import load_classifier
+from xdray.common.tracking import Tracker
+from xdray.config import StageConfig, XdrayConfig
+from xdray.data.tables import load_splits, text_table
+from xdray.distill.objective import DistillModule
+from xdray.train.engine import TrainSpec
+from xdray.train.fit import finish_classifier, fit, make_spec, run_name
+from xdray.train.role import Built, Role
+
+
+@dataclass(frozen=True)
+class TeacherRole(Role):
+    """The backbone under a new head of ``spec.num_labels`` classes."""
+
+    def build(self, spec: TrainSpec) -> Built:
+        model, tokenizer = load_classifier(spec.init, spec.num_labels, spec.trust_remote_code)
+        return Built(DistillModule(model, None, 0), tokenizer)
+
+
+def run_teacher(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
+    train, dev, test = load_splits(cfg)
+    out = cfg.step_dir("teacher")
+    tc = cfg.teacher
+    stages = [StageConfig(name="finetune", data="train", loss="ce", epochs=tc.epochs).model_dump()]
+    with tracker.run(cfg, "teacher", parent) as run_id:
+        tracker.params(run_id, {"teacher": tc.model_dump(mode="json"), "train_rows": len(train)})
+        spec = make_spec(cfg, tc, TeacherRole(), tc.backbone, stages, max(train.labels) + 1, text_table(dev),
+                         out / "scratch", run_id)
+        t0 = time.perf_counter()
+        name = run_name("teacher", spec, tc, [cfg.data.train, cfg.data.dev])
+        result = fit(spec, tc, {"train": ray.data.from_items(train.rows())}, out / "ray", name)
+        summary = finish_classifier(cfg, tracker, run_id, "teacher", result, test, time.perf_counter() - t0)
+    return summary

@@ -1,0 +1,135 @@
+"""The driver side of a Ray Train + DeepSpeed job: the worker spec from the config, the run's name, the
+``TorchTrainer`` around ``loop.worker_loop``, and the trained model copied out of its checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from xdray.common.files import file_stamp, replace_dir, staging_dir, write_summary
+from xdray.common.hf import load_classifier
+from xdray.common.tracking import Tracker, tracking_uri
+from xdray.config import TrainerConfig, XdrayConfig
+from xdray.data.tables import LabeledSplit
+from xdray.distill.batches import accuracy, predict
+from xdray.train.engine import TrainSpec
+from xdray.train.loop import worker_loop
+from xdray.train.role import Role
+
+
+def make_spec(
+    cfg: XdrayConfig, trainer: TrainerConfig, role: Role, init: str, stages: list[dict], num_labels: int,
+    dev: pa.Table, scratch: Path, run_id: str, max_length: int | None = None, trust_remote_code: bool | None = None,
+) -> TrainSpec:
+    """The worker spec of one training job; ``max_length`` and ``trust_remote_code`` default to the source
+    task's (data, teacher), which a transfer-only config does not have."""
+    return TrainSpec(
+        role=role, init=init, stages=stages, num_labels=num_labels,
+        max_length=max_length if max_length is not None else cfg.data.max_length,
+        batch_size=trainer.batch_size, lr=trainer.lr, deepspeed=trainer.deepspeed.model_dump(),
+        grad_accum=trainer.grad_accum, warmup_steps=trainer.warmup_steps, checkpoint_every=trainer.checkpoint_every,
+        log_every=trainer.log_every,
+        scratch=str(scratch), dev=ray.put(dev), seed=cfg.seed,
+        representation=cfg.distill.representation.model_dump(),
+        tracking_uri=tracking_uri(cfg), run_id=run_id,
+        trust_remote_code=trust_remote_code if trust_remote_code is not None else cfg.teacher.trust_remote_code,
+    )
+
+
+def run_name(step: str, spec: TrainSpec, trainer_cfg: TrainerConfig, inputs: list[Path]) -> str:
+    """``<step>-<hash>`` of everything that determines the run: a restarted job with the same config and inputs
+    finds its own checkpoints (Ray Train resumes a reused ``RunConfig(name, storage_path)``), a changed one
+    starts afresh instead of resuming someone else's."""
+    plain = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in ("dev", "run_id", "tracking_uri")}
+    key = {"spec": plain, "trainer": trainer_cfg.model_dump(mode="json"),
+           "inputs": {str(p): file_stamp(p) for p in inputs if p.exists()}}
+    return f"{step}-{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]}"
+
+
+def fit(
+    spec: TrainSpec,
+    trainer_cfg: TrainerConfig,
+    datasets: dict,
+    storage: Path,
+    name: str,
+    callbacks: list | None = None,
+) -> ray.train.Result:
+    """Run one training job on Ray Train and return its result (raises if the job failed). Workers that die
+    are replaced up to ``max_failures`` times and resume from the last checkpoint."""
+    storage.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={f.name: getattr(spec, f.name) for f in fields(spec)},  # keeps the dev ObjectRef
+        scaling_config=ScalingConfig(
+            num_workers=trainer_cfg.workers,
+            use_gpu=trainer_cfg.use_gpu,
+            resources_per_worker={"CPU": trainer_cfg.cpus_per_worker, **({"GPU": 1} if trainer_cfg.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name, storage_path=str(storage), callbacks=callbacks or [],
+            checkpoint_config=CheckpointConfig(num_to_keep=trainer_cfg.keep_checkpoints,
+                                               checkpoint_score_attribute="dev_score", checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=trainer_cfg.max_failures),
+        ),
+        datasets=datasets,
+    )
+    return trainer.fit()
+
+
+def export_student(result: ray.train.Result, dest: Path) -> dict:
+    """Copy the consolidated HF directory out of the Ray checkpoint; returns the worker's summary."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
+    tmp = staging_dir(dest)
+    result.checkpoint.to_directory(str(tmp))
+    replace_dir(tmp, dest)
+    return json.loads((dest / "xdray_train.json").read_text())
+
+
+def test_accuracy(model_dir: Path, split: LabeledSplit, max_length: int) -> float:
+    model, tokenizer = load_classifier(str(model_dir))
+    return accuracy(predict(model, tokenizer, split.texts, max_length, pairs=split.pairs), split.labels)
+
+
+def finish_classifier(
+    cfg: XdrayConfig, tracker: Tracker, run_id: str, step: str, result: ray.train.Result, test: LabeledSplit,
+    seconds: float,
+) -> dict:
+    """The end of a source-task job (teacher, distill): export the model, score it on test once, log it, and
+    write the step's summary."""
+    model_dir = cfg.step_dir(step) / ("model" if step == "teacher" else "student")
+    trained = export_student(result, model_dir)
+    checkpoints = [str(c.path) for c, _ in result.best_checkpoints]
+    summary = {
+        "test_accuracy": test_accuracy(model_dir, test, cfg.data.max_length),
+        "dev_accuracy": trained["dev_accuracy"],
+        "params": trained["params"],
+        "train_samples_per_s": round(trained["samples_per_s"], 1),
+        "workers": trained["world_size"],
+        "worker_nodes": trained["worker_nodes"],
+        "seconds": round(seconds, 1),
+        "phases": trained["phases"],
+        "resumed_from_step": trained["resumed_from_step"],
+        "teacher_forwards": trained["teacher_forwards"],
+        "checkpoints": checkpoints,
+        "history": trained["history"],
+        "model_dir": str(model_dir),
+        "mlflow_run_id": run_id,
+    }
+    tracker.metrics(run_id, {"test_accuracy": summary["test_accuracy"], "final_dev_accuracy": summary["dev_accuracy"],
+                             "params_total": summary["params"]["total"], "seconds": summary["seconds"]})
+    tracker.artifact(run_id, model_dir / "xdray_train.json")
+    if step == "distill":
+        summary["mlflow_model_uri"] = tracker.log_model(run_id, model_dir)
+    shutil.rmtree(model_dir.parent / "scratch", ignore_errors=True)
+    tracker.artifact(run_id, write_summary(cfg, step, summary))
+    return summary
