@@ -156,7 +156,10 @@ def test_submit_follow_runs_the_pipeline_and_logs_over_http(head, mlflow_server,
     job.write_text(yaml.safe_dump(cfg))
     assert main(["submit", str(job), "--address", head["address"], "--follow"]) == 0
     printed = capsys.readouterr().out
-    assert "SUCCEEDED" in printed and "[xdray] distill: running" in printed
+    assert "SUCCEEDED" in printed and "[3/4] distill: running" in printed
+    # the job's log is the short console; Ray's own output went to the log file on the shared output dir
+    assert f"log: {out / 'logs' / 'xdray.log'}" in printed and "RayTrainWorker" not in printed
+    assert "RayTrainWorker" in (out / "logs" / "xdray.log").read_text()
     assert (out / "pipeline" / "summary.json").is_file() and (out / "distill" / "student" / "model.safetensors").is_file()
     assert not (REPO / ".xdray-submit").exists() or not list((REPO / ".xdray-submit").iterdir())
 

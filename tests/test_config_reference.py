@@ -41,13 +41,3 @@ def test_every_leaf_field_is_documented():
     assert not missing, f"fields missing from the reference: {missing}; {FIX}"
     assert "output_dir" in leaves and "distill.stages[].loss" in leaves and "transfer.tasks[].preset" in leaves
 
-
-def test_extra_docs_name_real_fields():
-    """The fallback docs for undocumented fields must not outlive a renamed or removed field."""
-    models = {m.__name__: m for _, m, _ in reference.sections()}
-    for m in list(models.values()):  # and the bases the fields are inherited from (TrainerConfig)
-        models.update({b.__name__: b for b in m.__mro__ if isinstance(b, type) and issubclass(b, BaseModel)})
-    for key in reference._EXTRA_DOCS:
-        cls_name, field = key.split(".")
-        assert cls_name in models and field in models[cls_name].model_fields, (
-            f"_EXTRA_DOCS[{key!r}] names no config field; fix: remove or rename it in xdray/config/reference.py")

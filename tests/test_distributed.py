@@ -102,10 +102,10 @@ def test_a_restarted_driver_resumes_from_the_last_checkpoint(job):
 
 @pytest.fixture(scope="module")
 def runs(job, ray_local) -> dict:
-    """The same seeded job under ZeRO 0, 2 and 3 (one process: the module's Ray). ZeRO 2 streams the transfer
-    set from its files every epoch; the others read it into the object store once (``auto`` on a small set)."""
+    """The same seeded job under ZeRO 2 and 3 (one process: the module's Ray). ZeRO 2 streams the transfer set
+    from its files every epoch; ZeRO 3 reads it into the object store once (``auto`` on a small set)."""
     results = {}
-    for stage in (0, 2, 3):
+    for stage in (2, 3):
         cache = {"transfer_cache": "stream"} if stage == 2 else {}
         cfg = load_config(variant(job, f"zero{stage}", deepspeed={"zero_stage": stage}, **cache))
         results[stage] = (cfg, run_distill(cfg, Tracker.for_config(cfg)))
@@ -133,18 +133,19 @@ def test_transfer_set_is_kept_in_the_object_store_only_when_it_fits(ray_local, t
     assert in_memory("memory", huge) and not in_memory("stream", small)
 
 
-def test_zero_2_and_3_follow_the_zero_0_loss_curve(runs):
-    base_cfg, base = runs[0]
+def test_zero_3_follows_the_zero_2_loss_curve(runs):
+    """ZeRO 3 partitions the parameters too, ZeRO 2 only gradients and optimizer state: the same seeded job
+    takes the same steps (ZeRO 0 against 2 held as well when this was measured with all three)."""
+    base_cfg, base = runs[2]
     reference = step_losses(base_cfg, base)
     assert {"train/hidden/total", "train/labels/total"} <= set(reference)
     assert sum(len(v) for v in reference.values()) == base["history"][-1]["step"]  # every step logged
-    for stage in (2, 3):
-        cfg, summary = runs[stage]
-        curves = step_losses(cfg, summary)
-        assert curves.keys() == reference.keys()
-        for key, values in reference.items():
-            assert curves[key] == pytest.approx(values, rel=1e-3, abs=1e-5), (stage, key)
-        assert summary["dev_accuracy"] == pytest.approx(base["dev_accuracy"], abs=1 / 60 + 1e-9)
+    cfg, summary = runs[3]
+    curves = step_losses(cfg, summary)
+    assert curves.keys() == reference.keys()
+    for key, values in reference.items():
+        assert curves[key] == pytest.approx(values, rel=1e-3, abs=1e-5), key
+    assert summary["dev_accuracy"] == pytest.approx(base["dev_accuracy"], abs=1 / 60 + 1e-9)
 
 
 def test_a_bf16_distillation_follows_the_fp32_curve_and_exports_fp32(runs):

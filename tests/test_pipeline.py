@@ -1,10 +1,12 @@
-"""End to end: `xdray pipeline` on the tiny task with a real local Ray, real DeepSpeed engines and a real
-MLflow store. Then a rerun skips every completed step."""
+"""End to end: `xdray pipeline` on the tiny task, as a user runs it (a subprocess with its own local Ray, real
+DeepSpeed engines and a real MLflow store), and what its console shows. Then a rerun skips every completed step."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,12 +23,38 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tiny_task, ray_local, tmp_path_factory):
+def pipeline_console(tiny_task, tmp_path_factory):
+    """The pipeline's run: (job, output dir, what the console showed)."""
     root = tmp_path_factory.mktemp("pipeline")
     job = root / "job.yaml"
     job.write_text(yaml.safe_dump(tiny_config(tiny_task, root / "out")))
-    assert main(["pipeline", str(job)]) == 0
-    return job, root / "out"
+    proc = subprocess.run([sys.executable, "-m", "xdray.cli", "pipeline", str(job)], capture_output=True, text=True,
+                          cwd=root, timeout=1500)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-3000:]
+    return job, root / "out", console
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(pipeline_console, ray_local):
+    """The pipeline's outputs, and this process's Ray for the tests that run more steps in-process."""
+    return pipeline_console[:2]
+
+
+def test_the_console_is_short_and_the_libraries_output_is_in_the_log(pipeline_console):
+    _, out, console = pipeline_console
+    lines = console.strip().splitlines()
+    log = out / "logs" / "xdray.log"
+    assert len(lines) <= 40, console
+    assert lines[0].startswith("xdray pipeline ") and lines[0].endswith(f"log: {log}")
+    for i, step in enumerate(("teacher", "label", "distill", "search"), 1):
+        assert f"[{i}/4] {step}: running" in console and f"[{i}/4] {step}: done in " in console
+    assert "student (distilled)" in console and "speedup" in console  # the results table
+    assert "RayTrainWorker" not in console and "Started a local Ray instance" not in console
+    text = log.read_text()
+    assert "Started a local Ray instance" in text  # Ray's own logging
+    assert "Trial status" in text  # Tune's status table
+    assert all(line in text for line in lines)  # xdray's lines are in the log too
 
 
 def test_labels_have_one_row_per_unique_id_and_the_teachers_states(pipeline_run, tiny_task):
@@ -117,7 +145,7 @@ def test_rerun_skips_completed_steps(pipeline_run, capsys):
     assert main(["pipeline", str(job)]) == 0
     captured = capsys.readouterr().out
     for step, mtime in before.items():
-        assert f"[xdray] {step}: complete, skipping" in captured
+        assert f"{step}: complete, skipping" in captured
         assert (out / step / "summary.json").stat().st_mtime_ns == mtime
     summary = json.loads((out / "pipeline" / "summary.json").read_text())
     assert summary["ran"] == [] and summary["skipped"] == ["teacher", "label", "distill", "search"]

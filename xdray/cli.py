@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML job spec, e.g. jobs/quickstart.yaml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set distill.workers=1 (repeatable)")
+        p.add_argument("--verbose", action="store_true",
+                       help="show Ray's, Tune's and Hugging Face's own output live (it always goes to the log file)")
     submit = sub.add_parser("submit", help="run a step (default: the pipeline) as a Ray Job on a cluster")
     submit.add_argument("config", help="YAML job spec; relative paths in it resolve on the cluster")
     submit.add_argument("--step", default="pipeline", choices=list(COMMANDS), help="what to run (default pipeline)")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             from xdray.submit import jobs_command
 
             return jobs_command(args.action, args.submission_id, args.address, args.follow)
-        return _run(args.command, args.config, args.overrides)
+        return _run(args.command, args.config, args.overrides, args.verbose)
     except XdrayError as e:
         print(f"xdray {args.command}: error: {e}", file=sys.stderr)
         return 2 if type(e).__name__ == "ConfigError" else 1
@@ -98,7 +100,7 @@ def _transfer_sets(directory: Path, data_verb: Path | None) -> int:
     return 0
 
 
-def _run(command: str, config_path: str, overrides: list[str]) -> int:
+def _run(command: str, config_path: str, overrides: list[str], verbose: bool) -> int:
     from xdray.config import load_config
     from xdray.pipeline import check_inputs, pipeline_steps
 
@@ -106,20 +108,31 @@ def _run(command: str, config_path: str, overrides: list[str]) -> int:
     check_inputs(cfg, pipeline_steps(cfg) if command == "pipeline" else (command,))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from xdray.common.tracking import Tracker
-    from xdray.pipeline import run_pipeline, run_step
+    from xdray.console import console
 
-    tracker = Tracker.for_config(cfg)
-    if command == "pipeline":
-        run_pipeline(cfg, tracker)
-    else:
-        summary = run_step(cfg, tracker, command)
-        print(f"xdray {command}: done; summary in {cfg.step_dir(command) / 'summary.json'}")
-        headline = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "mlflow_run_id"}
-        if command == "transfer":
-            headline |= {f"{name}.test_{r['metric']}": r["test"]["score"] for name, r in summary["tasks"].items()}
-        print("  " + ", ".join(f"{k}={v}" for k, v in headline.items()))
+    with console.session(cfg.output_dir, f"{command} {config_path}", verbose):
+        quiet_libraries(verbose)
+        from xdray.common.tracking import Tracker
+        from xdray.pipeline import run_pipeline, run_step
+
+        tracker = Tracker.for_config(cfg)
+        if command == "pipeline":
+            run_pipeline(cfg, tracker)
+        else:
+            run_step(cfg, tracker, command)
+            console.line(f"summary: {cfg.step_dir(command) / 'summary.json'}")
     return 0
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Progress bars of libraries would fill the log with redrawn lines: off unless ``--verbose``."""
+    if verbose:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm in Ray's workers; xdray's bars set disable=False
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
 
 
 if __name__ == "__main__":

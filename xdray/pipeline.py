@@ -21,6 +21,7 @@ from xdray.common.files import read_summary, write_summary
 from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker, tracking_uri
 from xdray.config import ConfigError, XdrayConfig, looks_local
+from xdray.console import console
 from xdray.data.tables import read_labeled
 
 STEPS = ("teacher", "label", "distill", "search")
@@ -49,9 +50,28 @@ def _step_fn(step: str):
     return run_distill
 
 
-def run_step(cfg: XdrayConfig, tracker: Tracker, step: str, parent: str | None = None) -> dict:
+def run_step(cfg: XdrayConfig, tracker: Tracker, step: str, parent: str | None = None, place: str = "") -> dict:
+    """One step, between its start and end lines on the console."""
     with ray_session(cfg):
-        return _step_fn(step)(cfg, tracker, parent)
+        console.line(f"{place}{step}: running")
+        t0 = time.perf_counter()
+        summary = _step_fn(step)(cfg, tracker, parent)
+        console.line(f"{place}{step}: done in {time.perf_counter() - t0:.0f} s · {headline(step, summary)}")
+    return summary
+
+
+def headline(step: str, summary: dict) -> str:
+    """A step's result in one line."""
+    if step in ("teacher", "distill"):
+        return f"test accuracy {summary['test_accuracy']:.1%}, {summary['params']['total'] / 1e6:.2f}M params"
+    if step == "label":
+        return (f"{summary['rows']:,} rows ({summary['dev_rows']:,} dev) with the teacher's outputs in "
+                f"{summary['data']}" + ("" if summary.get("up_to_date") else f", {summary['rows_per_s']:,.0f} rows/s"))
+    if step == "search":
+        best = summary["best"]
+        return (f"{summary['completed']} of {len(summary['trials'])} trials trained; best {best['arch']} "
+                f"(dev {best['dev_accuracy']:.1%}, {best['params'] / 1e6:.2f}M params)")
+    return ", ".join(f"{name} test {r['metric']} {r['test']['score']:.3f}" for name, r in summary["tasks"].items())
 
 
 def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
@@ -59,13 +79,14 @@ def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
     ran, skipped = [], []
     with tracker.run(cfg, "pipeline") as parent, ray_session(cfg):
         tracker.params(parent, {"config": cfg.model_dump(mode="json")})
-        for step in pipeline_steps(cfg):
+        steps = pipeline_steps(cfg)
+        for i, step in enumerate(steps, 1):
+            place = f"[{i}/{len(steps)}] "
             if read_summary(cfg, step) is not None:
-                print(f"[xdray] {step}: complete, skipping ({cfg.step_dir(step) / 'summary.json'})", flush=True)
+                console.line(f"{place}{step}: complete, skipping ({cfg.step_dir(step) / 'summary.json'})")
                 skipped.append(step)
                 continue
-            print(f"[xdray] {step}: running", flush=True)
-            _step_fn(step)(cfg, tracker, parent)
+            run_step(cfg, tracker, step, parent, place)
             ran.append(step)
         results = compare(cfg) if cfg.data is not None else {}
         tracker.metrics(parent, {k: v for k, v in results.items() if isinstance(v, (int, float))})
@@ -76,7 +97,7 @@ def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
         path = write_summary(cfg, "pipeline", summary)
         tracker.artifact(parent, path)
     if cfg.data is not None:
-        print(results_table(cfg, summary))
+        console.line(results_table(cfg, summary))
     return summary
 
 

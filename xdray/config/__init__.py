@@ -60,11 +60,14 @@ class MlflowConfig(Section):
     tracking_uri: str | None = None
     """None = $MLFLOW_TRACKING_URI if set, else a SQLite store at <output_dir>/mlflow.db (artifacts beside it)."""
     experiment: str = "xdray"
+    """MLflow experiment name."""
 
 
 class XdrayConfig(Section):
     output_dir: Path
+    """Where every step writes (`<output_dir>/<step>/`); created if missing."""
     seed: int = 0
+    """Seeds subsampling, shuffling, initialisation and the search sampler."""
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
     data: DataConfig | None = None

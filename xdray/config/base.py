@@ -37,7 +37,8 @@ def one_line(e: ValidationError) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
-        return f"{loc}: unknown key; fix: remove it or correct its spelling (see the config reference in README.md)"
+        return (f"{loc}: unknown key; fix: remove it or correct its spelling "
+                "(see the config reference in docs/config.md)")
     if kind == "missing":
         return f"{loc}: required key is missing; fix: add it to the config (see jobs/quickstart.yaml)"
     if kind == "value_error":

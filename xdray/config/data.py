@@ -25,6 +25,7 @@ class TransferSource(Section):
     format: Literal["auto", "text", "jsonl", "csv", "tsv", "parquet", "hf_disk"] = "auto"
     """``auto``: from the suffix (.txt .jsonl/.json .csv .tsv .parquet) or the directory's contents."""
     text_column: str = "text"
+    """Column (JSON key) holding the text; without a CSV/TSV header a 0-based index (`"0"`)."""
     pair_column: str = "text_pair"
     """Second sentence (``data.pairs``); text files hold ``text<TAB>text_pair`` lines instead."""
     header: bool = True
@@ -73,7 +74,10 @@ class CleaningConfig(Section):
 
 class DataConfig(Section):
     train: Path
+    """Labeled train split: a TSV file with a header and columns `text` and `label` (integer class ids; `text_pair` too
+    with `pairs`)."""
     dev: Path
+    """Labeled dev split (same format as train): model selection and early stopping."""
     test: Path
     """Labeled splits: TSV files with a header and columns ``text`` and ``label``."""
     transfer: list[TransferSource] = Field(min_length=1)
@@ -82,6 +86,7 @@ class DataConfig(Section):
     pairs: bool = False
     """Sentence-pair inputs: labeled splits carry a ``text_pair`` column, and so do the transfer sources."""
     max_length: int = Field(64, ge=8, le=4096)
+    """Tokens per input."""
     max_train_rows: int | None = Field(None, ge=1)
     """Subsample the labeled train split (fixed seed) to bound run time; None uses all rows."""
     max_transfer_rows: int | None = Field(None, ge=1)

@@ -14,8 +14,11 @@ from xdray.config.trainer import TrainerConfig
 
 class StudentConfig(Section):
     layers: int = Field(2, ge=1, le=48)
+    """Transformer blocks."""
     hidden: int = Field(128, ge=8)
+    """Hidden size; must be divisible by heads."""
     heads: int = Field(2, ge=1)
+    """Attention heads."""
     intermediate: int | None = Field(None, ge=8)
     """FFN width; None = 4 x hidden."""
     embedding_size: int | None = Field(None, ge=8)
@@ -89,6 +92,7 @@ class StageConfig(Section):
     """Dev criterion; auto = dev_loss for representation-only stages, dev_accuracy otherwise; ``dev_score`` is
     a transfer task's headline metric (accuracy, entity F1 or Pearson)."""
     temperature: float = Field(1.0, gt=0)
+    """Softmax temperature of `logits_kl` (the loss is scaled by T²)."""
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -120,6 +124,7 @@ class RepresentationConfig(Section):
     positions: Literal["cls", "tokens"] = "cls"
     """``cls`` for sequence tasks; ``tokens``: every non-pad token (needs teacher: online)."""
     hidden_loss: Literal["mse", "cosine"] = "mse"
+    """Loss between the aligned hidden states."""
     attention: Literal["mean_heads", "relation"] = "mean_heads"
     """Head-count independent: ``mean_heads`` compares head-averaged attention maps (MSE);
     ``relation`` compares self-relation maps softmax(HH^T/sqrt(d)) of the aligned states (KL, MiniLM-style)."""
@@ -148,6 +153,7 @@ class DistillConfig(TrainerConfig):
     sets larger than the object store; ``auto``: ``memory`` when the Parquet files take under an eighth of the
     cluster's object store."""
     workers: int = Field(2, ge=1)
+    """Ray Train workers (each a DeepSpeed engine)."""
 
     @field_validator("stages")
     @classmethod

@@ -15,8 +15,11 @@ class TeacherConfig(TrainerConfig):
     backbone: str
     """A local HF encoder directory or a hub id; a classification head is added and fine-tuned."""
     epochs: int = Field(1, ge=1)
+    """Fine-tuning epochs."""
     lr: float = Field(5e-5, gt=0)
+    """Fine-tuning learning rate."""
     trust_remote_code: bool = False
+    """Only if you trust the model's code."""
 
 
 class LabelConfig(Section):
@@ -33,12 +36,15 @@ class LabelConfig(Section):
     cleaned in a Ray task (1 CPU), deduped across the corpus by id in the driver: for corpora that one core
     cannot clean ahead of a large actor pool. Same rows, ids and counts; other chunk boundaries."""
     actors: int = Field(1, ge=1)
+    """Teacher actors in the Ray Data actor pool."""
     cpus_per_actor: float = Field(1.0, gt=0)
+    """CPUs each actor reserves."""
     gpus_per_actor: float = Field(0.0, ge=0)
     """GPUs per actor (fractions share a GPU); 0 runs on CPU."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Teacher forward: ``auto`` = bf16 autocast on GPU, fp32 on CPU."""
     logits_dtype: Literal["float32", "float16"] = "float32"
+    """How logits are stored in the Parquet."""
     hidden_states: Literal["auto", "all", "none"] = "auto"
     """Teacher [CLS] states stored (float16) next to the logits: ``auto`` = the layers that distill and search
     map to when a stage uses the hidden loss offline; ``all``; ``none``."""

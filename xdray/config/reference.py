@@ -2,8 +2,8 @@
 
 One section per nested model (dotted path), one table row per field: field, type, default, doc. A field's doc is
 the attribute docstring written under it in the model's source (read with ``ast``, since the models do not set
-``use_attribute_docstrings``); fields without one fall back to ``_EXTRA_DOCS``. Lists of models
-(``data.transfer``, ``distill.stages``, ``transfer.tasks``) get a section of their own for the item model.
+``use_attribute_docstrings``). Lists of models (``data.transfer``, ``distill.stages``, ``transfer.tasks``) get a
+section of their own for the item model.
 
 Regenerate: ``python -m xdray.config.reference > docs/config.md`` (``tests/test_config_reference.py`` fails
 when the file and the code disagree).
@@ -64,56 +64,6 @@ How each step uses its section: the step guides listed in [index.md](index.md). 
 `A | B` either, `"x" | "y"` one of those strings; `null` is YAML's null (Python `None`).
 """
 
-_EXTRA_DOCS: dict[str, str] = {
-    # Fields whose model has no attribute docstring for them; the code's docstring wins once one is written.
-    "XdrayConfig.output_dir": "Where every step writes (`<output_dir>/<step>/`); created if missing.",
-    "XdrayConfig.seed": "Seeds subsampling, shuffling, initialisation and the search sampler.",
-    "MlflowConfig.experiment": "MLflow experiment name.",
-    "DataConfig.train": "Labeled train split: a TSV file with a header and columns `text` and `label` (integer "
-    "class ids; `text_pair` too with `pairs`).",
-    "DataConfig.dev": "Labeled dev split (same format as train): model selection and early stopping.",
-    "DataConfig.max_length": "Tokens per input.",
-    "TransferSource.text_column": "Column (JSON key) holding the text; without a CSV/TSV header a 0-based index "
-    "(`\"0\"`).",
-    "TeacherConfig.epochs": "Fine-tuning epochs.",
-    "TeacherConfig.lr": "Fine-tuning learning rate.",
-    "TeacherConfig.trust_remote_code": "Only if you trust the model's code.",
-    "TransferConfig.trust_remote_code": "Only if you trust the model's code.",
-    "TransferConfig.epochs": "Most epochs per task; the best dev epoch is kept.",
-    "TransferConfig.lr": "Learning rate (per task).",
-    "TrainerConfig.workers": "Ray Train workers (each a DeepSpeed engine).",
-    "TrainerConfig.cpus_per_worker": "CPUs each worker reserves.",
-    "TrainerConfig.use_gpu": "One GPU per worker.",
-    "TrainerConfig.lr": "Learning rate (DeepSpeed AdamW).",
-    "DistillConfig.workers": "Ray Train workers (each a DeepSpeed engine).",
-    "DeepSpeedConfig.grad_clip": "Gradient-norm clipping (0: none).",
-    "LabelConfig.actors": "Teacher actors in the Ray Data actor pool.",
-    "LabelConfig.cpus_per_actor": "CPUs each actor reserves.",
-    "LabelConfig.logits_dtype": "How logits are stored in the Parquet.",
-    "StudentConfig.layers": "Transformer blocks.",
-    "StudentConfig.hidden": "Hidden size; must be divisible by heads.",
-    "StudentConfig.heads": "Attention heads.",
-    "StageConfig.temperature": "Softmax temperature of `logits_kl` (the loss is scaled by T²).",
-    "RepresentationConfig.hidden_loss": "Loss between the aligned hidden states.",
-    "SearchSpace.layers": "Student depths to choose from.",
-    "SearchSpace.hidden": "Hidden sizes to choose from.",
-    "SearchSpace.heads": "Head counts; a trial is only offered those that divide its hidden size.",
-    "LatencyConfig.device": "Where latency is measured (`cuda` reserves a GPU for the measuring task).",
-    "LatencyConfig.sentences": "Dev sentences timed.",
-    "BudgetConfig.latency_ms": "Most ms per sentence (at the first latency batch size) for the exported student.",
-    "BudgetConfig.params": "Most parameters for the exported student.",
-    "AshaConfig.reduction_factor": "ASHA's reduction factor.",
-    "SearchConfig.workers_per_trial": "Ray Train workers of each trial (with the distill settings).",
-    "TransferTask.train": "Train split: a file (TSV/CSV, JSON lines, Parquet, CoNLL) or a `save_to_disk` directory.",
-    "TransferTask.dev": "Dev split (early stopping on the task's metric).",
-    "TransferTask.test": "Test split, scored once on the exported model.",
-    "TransferTask.text_column": "Sequence tasks: the text column.",
-    "TransferTask.pair_column": "Pair tasks: the second sentence's column.",
-    "TransferTask.label_column": "Sequence tasks: the label column (class names, integer ids, or floats for "
-    "regression).",
-    "TransferTask.max_length": "Tokens per input.",
-}
-
 
 def _root() -> type[BaseModel]:
     from xdray.config import XdrayConfig
@@ -141,7 +91,7 @@ def _class_docstrings(cls: type) -> dict[str, str]:
 
 
 def field_doc(model: type[BaseModel], name: str) -> str:
-    """The docstring under ``name`` in the first class of the MRO that defines it, else ``_EXTRA_DOCS``."""
+    """The docstring under ``name`` in the first class of the MRO that documents it, else ``""``."""
     info = model.model_fields[name]
     if info.description:
         return info.description
@@ -150,8 +100,6 @@ def field_doc(model: type[BaseModel], name: str) -> str:
             continue
         if name in _class_docstrings(cls):
             return _class_docstrings(cls)[name]
-        if f"{cls.__name__}.{name}" in _EXTRA_DOCS:
-            return _EXTRA_DOCS[f"{cls.__name__}.{name}"]
     return ""
 
 

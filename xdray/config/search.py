@@ -19,8 +19,11 @@ class SearchSpace(Section):
     the head counts that divide its hidden size."""
 
     layers: list[int] = Field([1, 2], min_length=1)
+    """Student depths to choose from."""
     hidden: list[int] = Field([64, 128], min_length=1)
+    """Hidden sizes to choose from."""
     heads: list[int] = Field([1, 2], min_length=1)
+    """Head counts; a trial is only offered those that divide its hidden size."""
     ffn_ratio: list[float] = Field([4.0], min_length=1)
     """FFN width = ratio x hidden."""
     embedding_factor: list[float] = Field([1.0], min_length=1)
@@ -64,11 +67,13 @@ class LatencyConfig(Section):
     """How student latency is measured (per sentence, on dev sentences)."""
 
     device: Literal["cpu", "cuda"] = "cpu"
+    """Where latency is measured (`cuda` reserves a GPU for the measuring task)."""
     batch_sizes: list[int] = Field([1, 32], min_length=1)
     """Each is measured and recorded (``latency_ms_b<N>``); the first is the objective ``latency_ms``."""
     threads: int = Field(1, ge=1)
     """CPU threads (and CPUs reserved for the measurement)."""
     sentences: int = Field(64, ge=1)
+    """Dev sentences timed."""
     resources: dict[str, float] = {}
     """Custom Ray resources the measuring task also asks for, e.g. ``{serving_cpu: 1}`` when only some nodes
     have the hardware you serve on. Latency is always measured in a Ray task that reserves ``threads`` CPUs (and
@@ -79,7 +84,9 @@ class BudgetConfig(Section):
     """Limits for the chosen student: the most accurate completed trial within them is exported."""
 
     latency_ms: float | None = Field(None, gt=0)
+    """Most ms per sentence (at the first latency batch size) for the exported student."""
     params: int | None = Field(None, ge=1)
+    """Most parameters for the exported student."""
 
 
 class AshaConfig(Section):
@@ -88,6 +95,7 @@ class AshaConfig(Section):
     grace_period: int = Field(1, ge=1)
     """Dev evaluations (epochs) before a trial can be stopped."""
     reduction_factor: float = Field(2.0, gt=1)
+    """ASHA's reduction factor."""
     max_t: int = Field(100, ge=1)
     """Epochs after which any trial stops; keep it above the schedule's epoch count."""
 
@@ -108,6 +116,7 @@ class SearchConfig(Section):
     latency: LatencyConfig = LatencyConfig()
     budget: BudgetConfig = BudgetConfig()
     workers_per_trial: int = Field(1, ge=1)
+    """Ray Train workers of each trial (with the distill settings)."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """None = as many as the cluster's CPUs (or GPUs) fit at workers_per_trial each; the rest queue."""
 

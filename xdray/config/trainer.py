@@ -15,6 +15,7 @@ class DeepSpeedConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """fp16 needs a GPU; bf16 works on CPU and GPU."""
     grad_clip: float = Field(1.0, ge=0)
+    """Gradient-norm clipping (0: none)."""
     train_batch_size: int | None = Field(None, ge=1)
     """Global batch per optimizer step; None = batch_size x workers. Gradient accumulation makes up the rest, so
     it must be a multiple of batch_size x workers."""
@@ -26,11 +27,15 @@ class TrainerConfig(Section):
     """What every Ray Train + DeepSpeed job shares (teacher fine-tuning, distillation, search trials)."""
 
     workers: int = Field(1, ge=1)
+    """Ray Train workers (each a DeepSpeed engine)."""
     cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs each worker reserves."""
     use_gpu: bool = False
+    """One GPU per worker."""
     batch_size: int = Field(32, ge=1)
     """Per-worker micro batch."""
     lr: float = Field(1e-3, gt=0)
+    """Learning rate (DeepSpeed AdamW)."""
     warmup_steps: int = Field(0, ge=0)
     """Each phase's learning rate rises linearly from 0 over its first steps, then stays constant."""
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()

@@ -26,13 +26,19 @@ class TransferTask(Section):
     preset: str | None = None
     """``glue/<task>`` (needs network): the GLUE train split minus a seeded dev holdout, GLUE validation as test."""
     train: Path | None = None
+    """Train split: a file (TSV/CSV, JSON lines, Parquet, CoNLL) or a `save_to_disk` directory."""
     dev: Path | None = None
+    """Dev split (early stopping on the task's metric)."""
     test: Path | None = None
+    """Test split, scored once on the exported model."""
     format: Literal["auto", "tsv", "csv", "jsonl", "parquet", "hf_disk", "conll"] = "auto"
     """``auto``: from the suffix (.tsv .csv .jsonl/.json .parquet .conll/.bio) or a ``save_to_disk`` directory."""
     text_column: str = "text"
+    """Sequence tasks: the text column."""
     pair_column: str = "text_pair"
+    """Pair tasks: the second sentence's column."""
     label_column: str = "label"
+    """Sequence tasks: the label column (class names, integer ids, or floats for regression)."""
     tokens_column: str = "tokens"
     """Token tasks: a list of words (or one space-separated string)."""
     tags_column: str = "tags"
@@ -44,6 +50,7 @@ class TransferTask(Section):
     max_train_rows: int | None = Field(None, ge=1)
     """Subsample train (fixed seed) to bound run time."""
     max_length: int = Field(128, ge=8, le=4096)
+    """Tokens per input."""
 
     @model_validator(mode="after")
     def _complete(self) -> TransferTask:
@@ -75,10 +82,13 @@ class TransferConfig(TrainerConfig):
     """A local HF directory or hub id; None = the distilled student, <output_dir>/distill/student."""
     tasks: list[TransferTask] = Field(min_length=1)
     epochs: int = Field(3, ge=1)
+    """Most epochs per task; the best dev epoch is kept."""
     patience: int | None = Field(2, ge=1)
     """Stop after this many epochs without a better dev score; the best epoch's weights are kept."""
     lr: float = Field(1e-4, gt=0)
+    """Learning rate (per task)."""
     trust_remote_code: bool = False
+    """Only if you trust the model's code."""
     latency_sentences: int = Field(64, ge=1)
     """Test sentences timed for the CPU latency in the summary (batch 1, 1 thread)."""
 

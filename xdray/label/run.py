@@ -39,6 +39,7 @@ from xdray.common.files import file_stamp, read_json, read_summary, replace_dir,
 from xdray.common.memory import peak_rss_mb
 from xdray.common.tracking import Tracker
 from xdray.config import XdrayConfig
+from xdray.console import console
 from xdray.data.tables import load_splits
 from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
@@ -215,7 +216,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
     complete, summary = read_json(data_dir / "_manifest.json"), read_summary(cfg, "label")
     if complete and complete.get("fingerprint") == fp and summary is not None:
         shutil.rmtree(work, ignore_errors=True)
-        print(f"xdray label: {data_dir} is complete for this teacher and corpus; nothing to do")
+        console.line(f"  label: {data_dir} is complete for this teacher and corpus; nothing to do")
         return {**summary, "up_to_date": True}
 
     t0 = time.perf_counter()
@@ -230,7 +231,8 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
                                 "cleaning": cfg.data.cleaning.model_dump(), "hidden_layers": hidden,
                                 "sources": [s.key for s in cfg.data.transfer]})
         t1 = time.perf_counter()
-        ran = _label_chunks(cfg, work, todo, hidden) if todo else []
+        with console.progress("label", sum(c["rows"] for c in plan["chunks"]), "rows", _poll(work, plan)):
+            ran = _label_chunks(cfg, work, todo, hidden) if todo else []
         seconds = time.perf_counter() - t1
         stats = _shard_stats(work, plan)
         rows = {part: sum(s["labelled"] for s in stats if s["part"] == part) for part in PARTS}
@@ -273,3 +275,12 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
         tracker.artifact(run_id, data_dir / "_manifest.json")
         tracker.artifact(run_id, write_summary(cfg, "label", summary))
     return summary
+
+
+def _poll(work: Path, plan: dict):
+    """Rows labelled so far: the chunks whose shard exists (each actor writes one per chunk)."""
+    def poll() -> tuple[int, int, str]:
+        done = [c for c in plan["chunks"] if (work / "out" / c["part"] / c["file"]).is_file()]
+        return sum(c["rows"] for c in done), sum(c["rows"] for c in plan["chunks"]), f"{len(done)}/{len(plan['chunks'])} chunks"
+
+    return poll

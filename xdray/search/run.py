@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import time
+from pathlib import Path
 
 import ray
 from ray import tune
@@ -21,6 +22,7 @@ from transformers import AutoConfig
 from xdray.common.files import file_stamp, replace_dir, staging_dir, write_json, write_summary
 from xdray.common.tracking import Tracker
 from xdray.config import OBJECTIVES, XdrayConfig
+from xdray.console import console
 from xdray.config.space import candidate, every_candidate, stages, to_params
 from xdray.data.tables import load_splits
 from xdray.distill.run import check_student_fits, student_data
@@ -138,6 +140,16 @@ def _trials(cfg: XdrayConfig, grid, ctx: TrialContext) -> list[dict]:
     return trials
 
 
+def _poll(out: Path, total: int):
+    """Trials trained (each writes its result) and started (each makes its directory)."""
+    def poll() -> tuple[int, int, str]:
+        done = len(list((out / "results").glob("*.json")))
+        started = len(list((out / "trials").glob("*"))) if (out / "trials").is_dir() else 0
+        return done, total, f"{started} started"
+
+    return poll
+
+
 def _remeasure(ctx: TrialContext, completed: list[dict]) -> None:
     """Latency again, one student at a time with nothing else running: the figures the front is drawn from
     (trials measured theirs while other trials trained). On the device's nodes, not in this driver."""
@@ -163,7 +175,8 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
                            max(train.labels) + 1, dev.texts[:sc.latency.sentences])
         tuner, resumed = _tuner(cfg, make_trial(ctx), name)
         t0 = time.perf_counter()
-        grid = tuner.fit()
+        with console.progress("search", sc.num_samples, "trials", _poll(ctx.out, sc.num_samples)):
+            grid = tuner.fit()
         wall = time.perf_counter() - t0
 
         trials = _trials(cfg, grid, ctx)
@@ -176,9 +189,9 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
             if t["status"] == "diverged":
                 if run_id:
                     tracker.client.set_tag(run_id, "xdray.diverged", "true")
-                print(f"xdray search: warning: trial {t['trial_id']} ({t['arch']}) ended at dev accuracy "
-                      f"{t['dev_accuracy']:.3f}, no better than the majority label: marked diverged, kept off the "
-                      "front (try a lower lr for this shape)", flush=True)
+                console.warn(f"search trial {t['trial_id']} ({t['arch']}) ended at dev accuracy "
+                             f"{t['dev_accuracy']:.3f}, no better than the majority label: marked diverged, kept off "
+                             "the front (try a lower lr for this shape)")
         if not completed:
             raise XdrayError(f"no search trial completed ({', '.join(t['status'] for t in trials)}); the first "
                              f"error: {next((t['error'] for t in trials if 'error' in t), 'none')}")

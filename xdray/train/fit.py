@@ -15,14 +15,15 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from xdray.common.files import file_stamp, replace_dir, staging_dir, write_summary
+from xdray.common.files import file_stamp, read_json, replace_dir, staging_dir, write_summary
 from xdray.common.hf import load_classifier
 from xdray.common.tracking import Tracker, tracking_uri
 from xdray.config import TrainerConfig, XdrayConfig
+from xdray.console import console
 from xdray.data.tables import LabeledSplit
 from xdray.distill.batches import accuracy, predict
 from xdray.train.engine import TrainSpec
-from xdray.train.loop import worker_loop
+from xdray.train.loop import PROGRESS, worker_loop
 from xdray.train.role import Role
 
 
@@ -82,7 +83,22 @@ def fit(
         ),
         datasets=datasets,
     )
-    return trainer.fit()
+    with console.progress(name.rsplit("-", 1)[0], None, "epochs", _poll(Path(spec.scratch) / PROGRESS)):
+        return trainer.fit()
+
+
+def _poll(path: Path):
+    """What the console bar shows of a run: epochs done, and the phase, step, loss and dev score."""
+
+    def poll() -> tuple[int, int | None, str]:
+        state = read_json(path)
+        if state is None:
+            return 0, None, "starting workers"
+        loss = f" loss {state['loss']:.3g}" if state["loss"] is not None else ""
+        dev = f" dev {state['dev']:.3f}" if state["dev"] is not None else ""
+        return state["done"], state["epochs"], f"{state['phase']} step {state['step']}{loss}{dev}"
+
+    return poll
 
 
 def export_student(result: ray.train.Result, dest: Path) -> dict:

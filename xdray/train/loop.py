@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint
 
+from xdray.common.files import write_json
 from xdray.common.memory import keep_freed_memory
 from xdray.distill.batches import table_batches
 from xdray.distill.objective import Objective, teacher_targets
@@ -33,6 +34,7 @@ from xdray.train.engine import DeepSpeedBackend, TrainSpec, deepspeed_config, sa
 from xdray.train.role import Built
 
 DEV_BATCH = 64
+PROGRESS = "progress.json"
 
 
 def worker_loop(config: dict) -> None:
@@ -76,7 +78,12 @@ def worker_loop(config: dict) -> None:
     objective_for = _objectives(spec, built)
     data = _data(spec, built, engine.device, objective_for, rank if sharded else 0, world if sharded else 1)
 
+    progress = Progress(Path(spec.scratch) / PROGRESS, sum(p.epochs for p in phases), len(resume["history"]) if resume
+                        else 0) if rank == 0 else None
+
     def on_epoch(record: dict) -> None:
+        if progress:
+            progress.epoch(record)
         record["samples_per_s"] = record["samples"] * world / max(record["seconds"], 1e-9)
         if tracker:
             name = record["stage"]
@@ -90,8 +97,12 @@ def worker_loop(config: dict) -> None:
                           "final": False})
 
     def on_step(phase: Phase, step: int, parts: dict) -> None:
-        if tracker and step % spec.log_every == 0:
+        if step % spec.log_every:
+            return
+        if tracker:
             tracker.metrics(spec.run_id, {f"train/{phase.name}/{k}": v.item() for k, v in parts.items()}, step)
+        if progress:
+            progress.step(phase.name, step, parts["total"].item())
 
     def on_checkpoint(pos: Position) -> None:
         checkpoints.save_and_report(engine, spec.scratch, pos, rank, {"params": counts["total"]})
@@ -114,6 +125,28 @@ def worker_loop(config: dict) -> None:
         "teacher_forwards": built.teacher_forwards[0], "teacher_loaded": built.teacher_loaded,
     }
     _report_final(engine, built.tokenizer, summary, rank, spec.deepspeed["zero_stage"])
+
+
+class Progress:
+    """Rank 0's progress file (``PROGRESS`` in the scratch directory), which the driver's console bar reads:
+    epochs done of the schedule's most, the step, the latest loss and dev score."""
+
+    def __init__(self, path: Path, epochs: int, done: int):
+        self.path, self.state = path, {"epochs": epochs, "done": done, "phase": "", "step": 0, "loss": None,
+                                       "dev": None}
+        self._write()
+
+    def epoch(self, record: dict) -> None:
+        self.state |= {"done": self.state["done"] + 1, "phase": record["stage"], "step": record["step"],
+                       "dev": record["dev_score"]}
+        self._write()
+
+    def step(self, phase: str, step: int, loss: float) -> None:
+        self.state |= {"phase": phase, "step": step, "loss": loss}
+        self._write()
+
+    def _write(self) -> None:
+        write_json(self.path, self.state)
 
 
 def _objectives(spec: TrainSpec, built: Built):

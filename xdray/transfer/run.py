@@ -23,6 +23,7 @@ from xdray.common.files import read_json, write_json, write_summary
 from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker
 from xdray.config import StageConfig, TransferTask, XdrayConfig
+from xdray.console import console
 from xdray.distill.batches import model_inputs, table_batches
 from xdray.train.fit import export_student, fit, make_spec, run_name
 from xdray.transfer.metrics import headline, task_metrics
@@ -45,7 +46,7 @@ def run_transfer(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) 
                    "mlflow_run_id": run_id}
         tracker.metrics(run_id, {f"{name}/test_{r['metric']}": r["test"]["score"] for name, r in results.items()})
         tracker.artifact(run_id, write_summary(cfg, "transfer", summary))
-    print(results_table(summary))
+    console.line(results_table(summary))
     return summary
 
 
@@ -63,7 +64,7 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
     name = run_name(f"transfer-{task.name}", spec, tc, inputs)
     done = read_json(out / "result.json")
     if done and done.get("run_name") == name:
-        print(f"[xdray] transfer {task.name}: complete, skipping ({out / 'result.json'})", flush=True)
+        console.line(f"  transfer {task.name}: complete, skipping ({out / 'result.json'})")
         return done
     t0 = time.perf_counter()
     with tracker.run(cfg, f"transfer/{task.name}", parent) as run_id:
