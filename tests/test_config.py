@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from xdray.checks import STEPS, check_inputs
 from xdray.config import ConfigError, load_config, validate_config
-from xdray.pipeline import STEPS, check_inputs
 
 from .conftest import tiny_config
 

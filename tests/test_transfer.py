@@ -173,8 +173,8 @@ def test_a_glue_preset_offline_fails_in_one_line():
 
 
 def test_a_transfer_only_config_runs_transfer_and_refuses_other_steps(tasks, encoder, tmp_path):
+    from xdray.checks import check_inputs, pipeline_steps
     from xdray.config import ConfigError, validate_config
-    from xdray.pipeline import check_inputs, pipeline_steps
 
     raw = transfer_config(tasks, encoder, tmp_path / "out")
     cfg = validate_config(raw)

@@ -101,8 +101,8 @@ def _transfer_sets(directory: Path, data_verb: Path | None) -> int:
 
 
 def _run(command: str, config_path: str, overrides: list[str], verbose: bool) -> int:
+    from xdray.checks import check_inputs, pipeline_steps
     from xdray.config import load_config
-    from xdray.pipeline import check_inputs, pipeline_steps
 
     cfg = load_config(config_path, overrides)
     check_inputs(cfg, pipeline_steps(cfg) if command == "pipeline" else (command,))

@@ -1,5 +1,5 @@
-"""`xdray pipeline`: teacher → label → distill → search (→ transfer) from one config, as one MLflow parent run;
-the input checks every command runs before Ray starts, and the Ray session steps run in.
+"""`xdray pipeline`: teacher → label → distill → search (→ transfer) from one config, as one MLflow parent run,
+and the Ray session every step runs in.
 
 A step whose ``summary.json`` exists is complete and is skipped, so a rerun after a crash continues where
 the last complete step ended. The final table compares teacher and student: test accuracy (from each step's
@@ -13,18 +13,17 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from tabulate import tabulate
 
+from xdray.checks import pipeline_steps
 from xdray.common.files import read_summary, write_summary
 from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker, tracking_uri
-from xdray.config import ConfigError, XdrayConfig, looks_local
+from xdray.config import XdrayConfig
 from xdray.console import console
 from xdray.data.tables import read_labeled
 
-STEPS = ("teacher", "label", "distill", "search")
 LATENCY_SENTENCES = 64
 
 
@@ -161,66 +160,3 @@ def ray_session(cfg: XdrayConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-def pipeline_steps(cfg: XdrayConfig) -> tuple[str, ...]:
-    """What ``xdray pipeline`` runs: the distillation steps when the config has a source task, then transfer
-    when it has target tasks."""
-    return (STEPS if cfg.data is not None else ()) + (("transfer",) if cfg.transfer is not None else ())
-
-
-def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
-    """Fail before any Ray work when an input of ``steps`` is missing (upstream steps in ``steps`` excused)."""
-    if "transfer" in steps:
-        _check_transfer(cfg, "distill" in steps)
-    if set(steps) <= {"transfer"}:
-        return
-    for key in ("data", "teacher"):
-        if getattr(cfg, key) is None:
-            raise ConfigError(f"{key}: required for xdray {' '.join(steps)}; fix: add the {key} section "
-                              "(see jobs/quickstart.yaml)")
-    need_labeled = {"teacher", "distill", "search"} & set(steps)
-    if need_labeled:
-        for key in ("train", "dev", "test"):
-            _must_exist(getattr(cfg.data, key), f"data.{key}")
-    if "teacher" in steps:
-        backbone = cfg.teacher.backbone
-        if looks_local(backbone) and not Path(backbone).exists():
-            raise ConfigError(
-                f"teacher.backbone: directory not found: {backbone}; fix: run `xdray data samples` or give a "
-                "local HF model directory or hub id"
-            )
-    if "label" in steps:
-        for i, source in enumerate(cfg.data.transfer):
-            if source.path is not None:
-                _must_exist(source.path, f"data.transfer[{i}]")
-    if ({"label", "distill", "search"} & set(steps)) and "teacher" not in steps:
-        _must_exist(cfg.teacher_dir / "config.json", "label.teacher", "run `xdray teacher` first or set label.teacher")
-    transfer = {"distill": any(s.data == "transfer" for s in cfg.distill.stages),
-                "search": any(s.data == "transfer" for stages in cfg.search_schedules().values() for s in stages)}
-    if any(transfer.get(step) for step in steps) and "label" not in steps:  # stages that read the labelled Parquet
-        _must_exist(cfg.labels_dir / "_manifest.json", "distill.labels", "run `xdray label` first or set distill.labels")
-
-
-def _check_transfer(cfg: XdrayConfig, distilled_here: bool) -> None:
-    if cfg.transfer is None:
-        raise ConfigError("transfer: required for xdray transfer; fix: add a transfer section with tasks "
-                          "(see jobs/transfer_quickstart.yaml)")
-    student = cfg.transfer_student
-    if not distilled_here and looks_local(student) and not Path(student, "config.json").exists():
-        fix = "run `xdray distill` first" if cfg.transfer.student is None else "give a local HF model directory or hub id"
-        raise ConfigError(f"transfer.student: not found: {student}; fix: {fix}")
-    from xdray.transfer.tasks import load_task
-
-    for i, task in enumerate(cfg.transfer.tasks):
-        for key in ("train", "dev", "test"):
-            if getattr(task, key) is not None:
-                _must_exist(getattr(task, key), f"transfer.tasks.{i}.{key}",
-                            "run `xdray data transfer-sets` or correct the path")
-        if task.preset is None:  # every label problem, before Ray or MLflow start (presets load in the step)
-            load_task(task, cfg.seed)
-
-
-def _must_exist(path: Path, key: str, fix: str = "run `xdray data samples` or correct the path") -> None:
-    if not path.exists():
-        raise ConfigError(f"{key}: not found: {path}; fix: {fix}")

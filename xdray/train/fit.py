@@ -96,6 +96,8 @@ def _poll(path: Path):
             return 0, None, "starting workers"
         loss = f" loss {state['loss']:.3g}" if state["loss"] is not None else ""
         dev = f" dev {state['dev']:.3f}" if state["dev"] is not None else ""
+        if not state["phase"]:
+            return state["done"], state["epochs"], "first steps"
         return state["done"], state["epochs"], f"{state['phase']} step {state['step']}{loss}{dev}"
 
     return poll
