@@ -1,5 +1,5 @@
 """Reading and writing labeled splits: TSV files with a header and columns ``text`` and ``label`` (integer
-class ids), plus ``text_pair`` for sentence-pair tasks. Transfer corpora are read by ``xdray.data.corpus``.
+class ids), plus ``text_pair`` for sentence-pair tasks. Transfer corpora are read by ``xdray.label.corpus``.
 """
 
 from __future__ import annotations

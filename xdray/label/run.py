@@ -2,7 +2,7 @@
 distillation stage and search trial reads.
 
 How it runs: the driver streams the sources through cleaning into fixed-size chunk files (``label/work``), or,
-with ``label.corpus_segment_mb``, parallel Ray tasks do (``data.parallel``);
+with ``label.corpus_segment_mb``, parallel Ray tasks do (``label.parallel``);
 Ray Data hands the chunks to a pool of teacher actors (``ChunkLabeler``), and each actor writes one Parquet
 shard per chunk, atomically. A rerun after a crash or Ctrl-C labels only the chunks without a shard (Ray
 Data's own checkpointing is not used: it hangs on small clusters). When every shard exists the directory is

@@ -69,7 +69,7 @@ class ReportToTune(TuneReportCallback):
 
 def trial_latency(ctx: TrialContext, model_dir: Path) -> tuple[dict[str, float], str]:
     """``latency_ms`` (the first batch size) and ``latency_ms_b<N>`` for each, measured in a task that reserves
-    the configured device (``evaluate.measure_latency``), and the node it ran on."""
+    the configured device (``common.latency.measure_latency``), and the node it ran on."""
     lat = ctx.cfg.search.latency
     (ms,), node = measure_latency([model_dir], ctx.latency_texts, ctx.cfg.data.max_length, lat.batch_sizes,
                                   lat.threads, lat.device, lat.resources)
