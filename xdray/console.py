@@ -128,7 +128,8 @@ class _Bar:
         self.console, self.desc, self.total, self.unit = console, desc, total, unit
         self.done, self.status, self.printed = 0, "", time.monotonic()
         self.tqdm = (tqdm(desc=f"  {desc}", total=total, unit=f" {unit}", file=console.terminal, leave=False,
-                          dynamic_ncols=True, disable=False, bar_format="{desc} {bar:24} {n_fmt}/{total_fmt}{unit} {postfix} [{elapsed}]")
+                          dynamic_ncols=True, disable=False,  # TQDM_DISABLE quiets the libraries' bars, not ours
+                          bar_format="{desc} {bar:24} {n_fmt}/{total_fmt}{unit}{postfix} [{elapsed}]")
                      if console.tty else None)
 
     def update(self, done: int, total: int | None, status: str) -> None:
