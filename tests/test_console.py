@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
         def poll():
             state["n"] += 1
             return min(state["n"], 3), 3, "loss 0.5"
-        with c.console.progress("step", 3, "epochs", poll):
+        with c.console.progress("step", "epochs", poll):
             time.sleep(0.5)
         c.console.warn("a trial diverged")
     print("after the session")

@@ -106,13 +106,13 @@ class Console:
             self.terminal, self.log, self.log_path, self.tty = None, None, None, False
 
     @contextmanager
-    def progress(self, desc: str, total: int | None, unit: str, poll: Poll) -> Iterator[None]:
-        """A bar over the block, fed by ``poll`` from a thread; nothing outside a session."""
+    def progress(self, desc: str, unit: str, poll: Poll) -> Iterator[None]:
+        """A bar over the block, fed by ``poll`` (done, total, status) from a thread; nothing outside a session."""
         if not self.active:
             yield
             return
         stop = threading.Event()
-        bar = _Bar(self, desc, total, unit)
+        bar = _Bar(self, desc, unit)
         thread = threading.Thread(target=_watch, args=(bar, poll, stop), daemon=True)
         thread.start()
         try:
@@ -124,10 +124,10 @@ class Console:
 
 
 class _Bar:
-    def __init__(self, console: Console, desc: str, total: int | None, unit: str):
-        self.console, self.desc, self.total, self.unit = console, desc, total, unit
+    def __init__(self, console: Console, desc: str, unit: str):
+        self.console, self.desc, self.total, self.unit = console, desc, None, unit
         self.done, self.status, self.printed = 0, "", time.monotonic()
-        self.tqdm = (tqdm(desc=f"  {desc}", total=total, unit=f" {unit}", file=console.terminal, leave=False,
+        self.tqdm = (tqdm(desc=f"  {desc}", total=None, unit=f" {unit}", file=console.terminal, leave=False,
                           dynamic_ncols=True, disable=False,  # TQDM_DISABLE quiets the libraries' bars, not ours
                           bar_format="{desc} {bar:24} {n_fmt}/{total_fmt}{unit}{postfix} [{elapsed}]")
                      if console.tty else None)

@@ -77,5 +77,6 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         t0 = time.perf_counter()
         name = run_name("distill", spec, dc, [cfg.data.train, cfg.data.dev, cfg.labels_dir / "_manifest.json"])
         result = fit(spec, dc, datasets, out / "ray", name)
-        summary = finish_classifier(cfg, tracker, run_id, "distill", result, test, time.perf_counter() - t0)
+        summary = finish_classifier(cfg, tracker, run_id, "distill", result, test, time.perf_counter() - t0,
+                                    out / "student", log_model=True)
     return summary

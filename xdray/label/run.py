@@ -231,7 +231,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
                                 "cleaning": cfg.data.cleaning.model_dump(), "hidden_layers": hidden,
                                 "sources": [s.key for s in cfg.data.transfer]})
         t1 = time.perf_counter()
-        with console.progress("label", sum(c["rows"] for c in plan["chunks"]), "rows", _poll(work, plan)):
+        with console.progress("label", "rows", _poll(work, plan)):
             ran = _label_chunks(cfg, work, todo, hidden) if todo else []
         seconds = time.perf_counter() - t1
         stats = _shard_stats(work, plan)
@@ -281,6 +281,7 @@ def _poll(work: Path, plan: dict):
     """Rows labelled so far: the chunks whose shard exists (each actor writes one per chunk)."""
     def poll() -> tuple[int, int, str]:
         done = [c for c in plan["chunks"] if (work / "out" / c["part"] / c["file"]).is_file()]
-        return sum(c["rows"] for c in done), sum(c["rows"] for c in plan["chunks"]), f"{len(done)}/{len(plan['chunks'])} chunks"
+        total = sum(c["rows"] for c in plan["chunks"])
+        return sum(c["rows"] for c in done), total, f"{len(done)}/{len(plan['chunks'])} chunks"
 
     return poll

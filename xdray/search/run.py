@@ -175,7 +175,7 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
                            max(train.labels) + 1, dev.texts[:sc.latency.sentences])
         tuner, resumed = _tuner(cfg, make_trial(ctx), name)
         t0 = time.perf_counter()
-        with console.progress("search", sc.num_samples, "trials", _poll(ctx.out, sc.num_samples)):
+        with console.progress("search", "trials", _poll(ctx.out, sc.num_samples)):
             grid = tuner.fit()
         wall = time.perf_counter() - t0
 

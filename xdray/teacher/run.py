@@ -40,5 +40,6 @@ def run_teacher(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         t0 = time.perf_counter()
         name = run_name("teacher", spec, tc, [cfg.data.train, cfg.data.dev])
         result = fit(spec, tc, {"train": ray.data.from_items(train.rows())}, out / "ray", name)
-        summary = finish_classifier(cfg, tracker, run_id, "teacher", result, test, time.perf_counter() - t0)
+        summary = finish_classifier(cfg, tracker, run_id, "teacher", result, test, time.perf_counter() - t0,
+                                    out / "model", log_model=False)
     return summary

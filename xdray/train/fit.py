@@ -83,7 +83,7 @@ def fit(
         ),
         datasets=datasets,
     )
-    with console.progress(name.rsplit("-", 1)[0], None, "epochs", _poll(Path(spec.scratch) / PROGRESS)):
+    with console.progress(name.rsplit("-", 1)[0], "epochs", _poll(Path(spec.scratch) / PROGRESS)):
         return trainer.fit()
 
 
@@ -94,10 +94,10 @@ def _poll(path: Path):
         state = read_json(path)
         if state is None:
             return 0, None, "starting workers"
-        loss = f" loss {state['loss']:.3g}" if state["loss"] is not None else ""
-        dev = f" dev {state['dev']:.3f}" if state["dev"] is not None else ""
         if not state["phase"]:
             return state["done"], state["epochs"], "first steps"
+        loss = f" loss {state['loss']:.3g}" if state["loss"] is not None else ""
+        dev = f" dev {state['dev']:.3f}" if state["dev"] is not None else ""
         return state["done"], state["epochs"], f"{state['phase']} step {state['step']}{loss}{dev}"
 
     return poll
@@ -120,11 +120,10 @@ def test_accuracy(model_dir: Path, split: LabeledSplit, max_length: int) -> floa
 
 def finish_classifier(
     cfg: XdrayConfig, tracker: Tracker, run_id: str, step: str, result: ray.train.Result, test: LabeledSplit,
-    seconds: float,
+    seconds: float, model_dir: Path, log_model: bool,
 ) -> dict:
-    """The end of a source-task job (teacher, distill): export the model, score it on test once, log it, and
-    write the step's summary."""
-    model_dir = cfg.step_dir(step) / ("model" if step == "teacher" else "student")
+    """The end of a source-task job (teacher, distill): export the model to ``model_dir``, score it on test
+    once, log it (as an MLflow model with ``log_model``), and write the step's summary."""
     trained = export_student(result, model_dir)
     checkpoints = [str(c.path) for c, _ in result.best_checkpoints]
     summary = {
@@ -146,7 +145,7 @@ def finish_classifier(
     tracker.metrics(run_id, {"test_accuracy": summary["test_accuracy"], "final_dev_accuracy": summary["dev_accuracy"],
                              "params_total": summary["params"]["total"], "seconds": summary["seconds"]})
     tracker.artifact(run_id, model_dir / "xdray_train.json")
-    if step == "distill":
+    if log_model:
         summary["mlflow_model_uri"] = tracker.log_model(run_id, model_dir)
     shutil.rmtree(model_dir.parent / "scratch", ignore_errors=True)
     tracker.artifact(run_id, write_summary(cfg, step, summary))

@@ -78,8 +78,10 @@ def worker_loop(config: dict) -> None:
     objective_for = _objectives(spec, built)
     data = _data(spec, built, engine.device, objective_for, rank if sharded else 0, world if sharded else 1)
 
-    progress = Progress(Path(spec.scratch) / PROGRESS, sum(p.epochs for p in phases), len(resume["history"]) if resume
-                        else 0) if rank == 0 else None
+    progress = None
+    if rank == 0:
+        progress = Progress(Path(spec.scratch) / PROGRESS, sum(p.epochs for p in phases),
+                            len(resume["history"]) if resume else 0)
 
     def on_epoch(record: dict) -> None:
         if progress:
@@ -99,10 +101,11 @@ def worker_loop(config: dict) -> None:
     def on_step(phase: Phase, step: int, parts: dict) -> None:
         if step % spec.log_every:
             return
+        values = {k: v.item() for k, v in parts.items()}
         if tracker:
-            tracker.metrics(spec.run_id, {f"train/{phase.name}/{k}": v.item() for k, v in parts.items()}, step)
+            tracker.metrics(spec.run_id, {f"train/{phase.name}/{k}": v for k, v in values.items()}, step)
         if progress:
-            progress.step(phase.name, step, parts["total"].item())
+            progress.step(phase.name, step, values["total"])
 
     def on_checkpoint(pos: Position) -> None:
         checkpoints.save_and_report(engine, spec.scratch, pos, rank, {"params": counts["total"]})

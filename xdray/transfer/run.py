@@ -3,7 +3,8 @@
 Each task is one Ray Train + DeepSpeed job (``train.loop.worker_loop`` in the ``TransferRole``): a fresh head on
 the student's encoder, one stage on the task's train split, early stopping on the task's dev metric with the
 best epoch restored. The test split is scored once, here in the driver, on the exported model; its CPU
-latency is measured in a Ray task (``common.latency.measure_latency``). A task whose result exists (same inputs and settings) is skipped.
+latency is measured in a Ray task (``common.latency.measure_latency``). A task whose result exists (same inputs
+and settings) is skipped.
 """
 
 from __future__ import annotations
