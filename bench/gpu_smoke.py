@@ -118,15 +118,14 @@ def label(teacher_dir: Path, shapes: Shapes, texts: list[str], threads: int):
 
 def distill(teacher, tokenizer, labelled, shapes: Shapes, device: str, scratch: Path):
     """Hidden then logits stages of the schedule on a bf16 DeepSpeed engine; returns samples/s, FLOP/s, student."""
-    import deepspeed
 
     from xdray.config import StageConfig, StudentConfig
     from xdray.distill.batches import collate, table_batches
     from xdray.distill.losses import layer_map
     from xdray.distill.objective import DistillModule, Objective
-    from xdray.distill.schedule import Data, expand_stages, param_groups, run_schedule
+    from xdray.distill.schedule import Data, expand_stages, run_schedule
     from xdray.distill.student import build_student
-    from xdray.train.engine import DeepSpeedBackend, TrainSpec, deepspeed_config
+    from xdray.train.engine import DeepSpeedBackend, TrainSpec, build_engine
 
     student_cfg = StudentConfig(**shapes.student)
     mapping = tuple(layer_map(student_cfg.layers, teacher.config.num_hidden_layers))
@@ -138,8 +137,7 @@ def distill(teacher, tokenizer, labelled, shapes: Shapes, device: str, scratch: 
                      batch_size=shapes.train_batch, lr=1e-4, grad_accum=1, scratch=str(scratch), dev=None,
                      deepspeed={"zero_stage": 0, "precision": "bf16", "grad_clip": 1.0, "offload_optimizer": False,
                                 "train_batch_size": None})
-    engine, *_ = deepspeed.initialize(model=module, model_parameters=param_groups(module),
-                                      config=deepspeed_config(spec, 1))
+    engine = build_engine(module, spec, 1)
     train_rows, dev_rows = labelled.slice(0, labelled.num_rows - shapes.train_batch), labelled.slice(
         labelled.num_rows - shapes.train_batch)
 

@@ -13,15 +13,8 @@ from transformers import AutoModel, AutoModelForSequenceClassification, BertConf
 from xdray.config import StageConfig, StudentConfig
 from xdray.distill import losses as L
 from xdray.distill.objective import DistillModule, Objective, teacher_targets
-from xdray.distill.schedule import (
-    Data,
-    TorchBackend,
-    block_units,
-    expand_stages,
-    param_groups,
-    run_schedule,
-    set_trainable,
-)
+from xdray.distill.schedule import Data, TorchBackend, expand_stages, run_schedule
+from xdray.distill.units import block_units, param_groups, set_trainable
 from xdray.distill.student import build_student, param_counts, pca_compress, spread_layers
 from xdray.errors import XdrayError
 
@@ -300,7 +293,8 @@ def test_freezing_really_freezes_and_unfreezes_top_down():
     student = build_student(StudentConfig(layers=2, hidden=16, heads=2, intermediate=32), teacher, 2)
     module = DistillModule(student, 32, 3)
     backend = TorchBackend(module, lr=1e-2)
-    assert [g["name"] for g in backend.optimizer.param_groups] == ["embeddings", "block.0", "block.1", "head"]
+    names = [g["name"] for g in backend.optimizer.param_groups]
+    assert list(dict.fromkeys(names)) == ["embeddings", "block.0", "block.1", "head"]
     stages = _stages({"name": "logits", "data": "transfer", "loss": "logits_mse", "unfreeze": "gradual"})
     phases = expand_stages(stages, 2)
 
@@ -309,7 +303,7 @@ def test_freezing_really_freezes_and_unfreezes_top_down():
 
     snapshots = []
     for phase in phases:  # one optimizer step per phase, with that phase's units trainable
-        set_trainable(backend.optimizer, phase.trainable, lr=1e-2)
+        set_trainable(module, backend.optimizer, phase.trainable, lr=1e-2)
         objective = objective_for(phase)
         batch = train[0] | teacher_targets(teacher, train[0], objective)
         before = {n: p.detach().clone() for n, p in module.named_parameters()}
@@ -373,12 +367,20 @@ def test_param_groups_cover_every_parameter_once():
     groups = param_groups(module)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(module.parameters()))
-    assert [g["name"] for g in groups] == ["embeddings", "block.0", "block.1", "block.2", "head"]
-    head = {id(p) for p in groups[-1]["params"]}
+    assert list(dict.fromkeys(g["name"] for g in groups)) == ["embeddings", "block.0", "block.1", "block.2", "head"]
+    head = {id(p) for g in groups if g["name"] == "head" for p in g["params"]}
     assert all(id(p) in head for p in module.projections.parameters())
+    # Hugging Face's convention: no weight decay on biases and norm weights, decay on every other weight
+    names = {id(p): n for n, p in module.named_parameters()}
+    exempt = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert exempt and all(n.endswith("bias") or "norm" in n.lower() for n in exempt)
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert any(n.endswith("query.weight") for n in decayed) and any(n.startswith("projections") for n in decayed)
+    assert not any(n.endswith("bias") or "norm" in n.lower() for n in decayed)
 
 
-def test_a_schedule_resumed_from_any_checkpoint_ends_exactly_like_the_uninterrupted_run():
+@pytest.mark.parametrize("grad_accum", [1, 5])
+def test_a_schedule_resumed_from_any_checkpoint_ends_exactly_like_the_uninterrupted_run(grad_accum):
     """Checkpoint → resume restores the stage, the unfrozen units, early stopping, the data position and the
     RNG: the resumed runs (mid-phase, and at a phase boundary) end with the same weights and records."""
     teacher, train, dev = _tiny_learning_problem()
@@ -394,7 +396,7 @@ def test_a_schedule_resumed_from_any_checkpoint_ends_exactly_like_the_uninterrup
     def backend():
         torch.manual_seed(0)
         student = build_student(StudentConfig(layers=2, hidden=16, heads=2, intermediate=32), teacher, 2, seed=0)
-        return TorchBackend(DistillModule(student, 32, 0), lr=5e-3)
+        return TorchBackend(DistillModule(student, 32, 0), lr=5e-3, grad_accum=grad_accum)
 
     snapshots = []
 
@@ -404,8 +406,8 @@ def test_a_schedule_resumed_from_any_checkpoint_ends_exactly_like_the_uninterrup
 
     data = _data(teacher, train, dev, objective_for)
     first = backend()
-    history = run_schedule(first, phases, objective_for, data, lr=5e-3, warmup_steps=4, checkpoint_every=5,
-                           on_checkpoint=lambda pos: keep(first, pos))
+    history = run_schedule(first, phases, objective_for, data, lr=5e-3, warmup_steps=4,
+                           checkpoint_every=5 // grad_accum, on_checkpoint=lambda pos: keep(first, pos))
     mid = next(s for s in snapshots if s[0]["batch"] and s[0]["phase"] == 1)
     boundary = next(s for s in snapshots if s[0]["best"] is None and s[0]["phase"] == 2)
     for state, model_state, optimizer_state, saved, rng in (mid, boundary):

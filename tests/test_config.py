@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +31,12 @@ def test_valid_config_resolves_paths(raw, monkeypatch, tmp_path):
     assert cfg.output_dir == (tmp_path / "relative/out").resolve()
     assert cfg.teacher_dir == cfg.output_dir / "teacher" / "model"
     assert cfg.labels_dir == cfg.output_dir / "label" / "data"
-    assert cfg.distill.deepspeed.zero_stage == 2
+    assert cfg.distill.deepspeed.zero_stage == "auto" and cfg.distill.workers == 2 and cfg.distill.zero_stage == 2
+    one = _set(copy.deepcopy(raw), "distill.workers", 1)
+    assert validate_config(one).distill.zero_stage == 0  # one worker without offload: nothing to partition
+    offload = _set(copy.deepcopy(one), "distill.deepspeed.offload_optimizer", True)
+    assert validate_config(offload).distill.zero_stage == 2
+    assert validate_config(_set(one, "distill.deepspeed.zero_stage", 3)).distill.zero_stage == 3
 
 
 def _set(raw: dict, dotted: str, value) -> dict:
@@ -46,12 +53,11 @@ BAD = [
     ("distill.studnet", {"layers": 2}, "distill.studnet: unknown key"),
     ("distill.student.hidden", 33, "hidden=33 is not divisible by heads=2"),
     ("distill.workers", "two", "distill.workers: Input should be a valid integer"),
-    ("distill.deepspeed.zero_stage", 4, "distill.deepspeed.zero_stage: Input should be less than or equal to 3"),
+    ("distill.deepspeed.zero_stage", 4, "distill.deepspeed.zero_stage: Input should be 'auto', 0, 1, 2 or 3"),
     ("distill.deepspeed.precision", "fp16", "fp16 is not supported on CPU"),
     ("distill.deepspeed.train_batch_size", 48, "train_batch_size=48 is not divisible by batch_size x workers = "
      "16 x 2 = 32; fix: use a multiple of 32"),
     ("distill.deepspeed.offload_optimizer", True, "offload_optimizer needs ZeRO"),  # with zero_stage 0, below
-    ("distill.checkpoint_every", 3, "checkpoint_every=3 falls inside a gradient accumulation of 2"),
     ("search.workers_per_trial", 3, "search.workers_per_trial=3: train_batch_size=64 is not divisible by"),
     ("distill.batch_size", 0, "distill.batch_size: Input should be greater than or equal to 1"),
     ("distill.stages", [], "distill.stages: List should have at least 1 item"),
@@ -91,7 +97,7 @@ def test_bad_configs_each_give_one_clear_line(raw, key, value, expected):
         raw["distill"]["student"]["init"] = "teacher-layers"
     if key == "distill.deepspeed.offload_optimizer":
         raw["distill"]["deepspeed"] = {"zero_stage": 0}
-    if key in ("distill.checkpoint_every", "search.workers_per_trial"):
+    if key == "search.workers_per_trial":
         raw["distill"]["deepspeed"] = {"train_batch_size": 64}
     with pytest.raises(ConfigError) as err:
         validate_config(_set(raw, key, value))

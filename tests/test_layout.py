@@ -13,7 +13,7 @@ import xdray
 PACKAGE = Path(xdray.__file__).parent
 STEPS = ("xdray.teacher", "xdray.label", "xdray.distill.run", "xdray.distill.role", "xdray.search", "xdray.transfer")
 CORE = ("xdray.distill.losses", "xdray.distill.objective", "xdray.distill.schedule", "xdray.distill.batches",
-        "xdray.distill.student", "xdray.train.engine", "xdray.train.role")
+        "xdray.distill.student", "xdray.distill.units", "xdray.train.engine", "xdray.train.role")
 
 
 def _module(path: Path) -> str:

@@ -50,9 +50,12 @@ One typed tree (`xdray/config/`, pydantic) for every command; `jobs/quickstart.y
 - **Trainer keys.** `teacher`, `distill` and `transfer` are Ray Train + DeepSpeed jobs and share the trainer
   keys (`workers`, `cpus_per_worker`, `use_gpu`, `batch_size`, `lr`, `warmup_steps`, `deepspeed.*`,
   `checkpoint_every`, `keep_checkpoints`, `max_failures`, `log_every`); only some defaults differ. Search
-  trials use the distill settings on `search.workers_per_trial` workers. With one worker and no offload ZeRO
-  has nothing to partition: `deepspeed.zero_stage: 0` skips its flat-buffer copies (in one process on a
-  2-core CPU, 1.09x of a bare loop against 0.99x for ZeRO-2; see [benchmarks](benchmarks.md)).
+  trials use the distill settings on `search.workers_per_trial` workers. `deepspeed.zero_stage: auto` (the
+  default) runs ZeRO-0 for one worker without offload, where ZeRO has nothing to partition and its flat-buffer
+  copies only cost time (see [benchmarks](benchmarks.md)), and ZeRO-2 otherwise; the summary records the
+  stage that ran. `warmup_steps`, `checkpoint_every` and the logged `step` count optimizer steps; with
+  gradient accumulation an epoch's last incomplete group of micro-batches is dropped, so every update
+  averages the same number of micro-batches and none leaks into the next epoch or stage.
 - **Transfer sources.** An item of `data.transfer` is a bare path (short for `{path: ...}`) or a mapping.
   Malformed rows (bad JSON, short CSV rows) are skipped and counted; a column that is not there stops the
   run with one line naming the column and the key to set.

@@ -10,8 +10,9 @@ from xdray.config.base import Section
 
 
 class DeepSpeedConfig(Section):
-    zero_stage: int = Field(2, ge=0, le=3)
-    """ZeRO stage 0-3 (3 partitions the parameters too; the export gathers them)."""
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
+    """ZeRO stage 0-3 (3 partitions the parameters too; the export gathers them). ``auto``: 0 for one worker
+    without offload (ZeRO has nothing to partition there, and its flat-buffer copies cost time), else 2."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """fp16 needs a GPU; bf16 works on CPU and GPU."""
     grad_clip: float = Field(1.0, ge=0)
@@ -37,10 +38,10 @@ class TrainerConfig(Section):
     lr: float = Field(1e-3, gt=0)
     """Learning rate (DeepSpeed AdamW)."""
     warmup_steps: int = Field(0, ge=0)
-    """Each phase's learning rate rises linearly from 0 over its first steps, then stays constant."""
+    """Each phase's learning rate rises linearly from 0 over its first optimizer steps, then stays constant."""
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     checkpoint_every: int | None = Field(1000, ge=1)
-    """Steps between checkpoints (weights, optimizer, schedule position); one is also taken at every stage
+    """Optimizer steps between checkpoints (weights, optimizer, schedule position); one is also taken at every stage
     end. None: stage ends only."""
     keep_checkpoints: int = Field(2, ge=1)
     """Checkpoints kept, the best by dev accuracy (the latest is always kept too, for resuming)."""
@@ -53,6 +54,14 @@ class TrainerConfig(Section):
     def grad_accum(self) -> int:
         per_step = self.batch_size * self.workers
         return (self.deepspeed.train_batch_size or per_step) // per_step
+
+    @property
+    def zero_stage(self) -> int:
+        """``deepspeed.zero_stage`` with ``auto`` resolved (what the workers run and the summary records)."""
+        ds = self.deepspeed
+        if ds.zero_stage != "auto":
+            return ds.zero_stage
+        return 0 if self.workers == 1 and not ds.offload_optimizer else 2
 
     @model_validator(mode="after")
     def _deepspeed_can_run(self) -> TrainerConfig:
@@ -68,9 +77,4 @@ class TrainerConfig(Section):
             )
         if ds.offload_optimizer and ds.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer needs ZeRO; fix: set deepspeed.zero_stage to 1, 2 or 3")
-        if self.checkpoint_every and self.checkpoint_every % self.grad_accum:
-            raise ValueError(
-                f"checkpoint_every={self.checkpoint_every} falls inside a gradient accumulation of {self.grad_accum} "
-                f"micro-batches; fix: use a multiple of {self.grad_accum}"
-            )
         return self

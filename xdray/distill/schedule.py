@@ -2,9 +2,10 @@
 restore. Plain torch; the Ray Train workers run it on a DeepSpeed engine, tests and benchmarks on a plain
 optimizer (``TorchBackend``).
 
-Freezing works through the optimizer: every block is its own parameter group, and a frozen group's learning
-rate is 0, so AdamW leaves it exactly unchanged (its decoupled weight decay is scaled by the lr too). This works
-the same under every ZeRO stage, where toggling ``requires_grad`` after the engine is built does not.
+Which units a phase trains and how the others are frozen is ``distill.units``'. Every phase and epoch ends on
+an optimizer step: with gradient accumulation, a trailing group of fewer than ``grad_accum`` micro-batches is
+dropped (not trained), so every update averages the same number of micro-batches and nothing carries over into
+the next epoch, phase or best-weight restore; steps (warmup, checkpoints, logged ``step``) count updates.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ import torch
 from torch import nn
 
 from xdray.distill.batches import model_inputs
-from xdray.distill.student import embedding_modules, encoder_blocks
-
-HEAD = "head"
-EMBEDDINGS = "embeddings"
+from xdray.distill.units import UnitAdamW, block_units, param_groups, set_lr, set_trainable
 
 
 @dataclass(frozen=True)
@@ -40,12 +38,6 @@ class Phase:
     """Units trained besides the head (pooler, classifier, projections); None = every unit."""
 
 
-def block_units(num_layers: int, freeze_embeddings: bool = False) -> list[str]:
-    """Units in unfreezing order: top block first, embeddings last."""
-    units = [f"block.{i}" for i in reversed(range(num_layers))]
-    return units if freeze_embeddings else units + [EMBEDDINGS]
-
-
 def expand_stages(stages: Iterable[dict], num_layers: int, freeze_embeddings: bool = False) -> list[Phase]:
     """Stages as configured → phases. A ``gradual`` stage becomes one phase per unit, each unfreezing the next
     unit top-down (``logits/block.2``, ``logits/block.1``, ..., ``logits/embeddings``): deterministic order."""
@@ -61,32 +53,6 @@ def expand_stages(stages: Iterable[dict], num_layers: int, freeze_embeddings: bo
         for k, unit in enumerate(units, start=1):
             phases.append(Phase(name=f"{s['name']}/{unit}", trainable=tuple(units[:k]), **base))
     return phases
-
-
-def param_groups(module: nn.Module, weight_decay: float = 0.01) -> list[dict]:
-    """One optimizer group per unit (``embeddings``, ``block.i``, ``head`` = everything else)."""
-    student = getattr(module, "student", module)
-    units = {EMBEDDINGS: embedding_modules(student)}
-    units.update({f"block.{i}": [b] for i, b in enumerate(encoder_blocks(student))})
-    groups, seen = [], set()
-    for name, modules in units.items():
-        params = [p for m in modules for p in m.parameters()]
-        seen.update(id(p) for p in params)
-        groups.append({"name": name, "params": params, "weight_decay": weight_decay})
-    rest = [p for p in module.parameters() if id(p) not in seen]
-    groups.append({"name": HEAD, "params": rest, "weight_decay": weight_decay})
-    return groups
-
-
-def set_trainable(optimizer: torch.optim.Optimizer, trainable: tuple[str, ...] | None, lr: float) -> list[str]:
-    """Give trained groups ``lr`` and frozen ones 0; returns the trained unit names."""
-    on = []
-    for group in optimizer.param_groups:
-        train = group["name"] == HEAD or trainable is None or group["name"] in trainable
-        group["lr"] = lr if train else 0.0
-        if train:
-            on.append(group["name"])
-    return on
 
 
 def _score(phase: Phase, dev: dict[str, float]) -> tuple[float, ...]:
@@ -122,25 +88,40 @@ class Backend(Protocol):
     """How a phase trains: a DeepSpeed engine in the Ray workers, a plain optimizer in ``TorchBackend``."""
 
     model: nn.Module
+    """What runs the forward pass (the engine, or the module itself)."""
+    module: nn.Module
+    """The bare module, whose units ``set_trainable`` freezes."""
     optimizer: torch.optim.Optimizer
+    grad_accum: int
 
-    def step(self, loss: torch.Tensor) -> None: ...
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch; an optimizer step after every ``grad_accum`` of them."""
+
     def save(self, tag: str) -> None: ...
     def restore(self, tag: str) -> None: ...
-    def all_reduce(self, values: torch.Tensor) -> torch.Tensor: ...
+
+    def all_reduce(self, values: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Across every rank ("sum" or "max"): the training figures."""
+
+    def all_reduce_dev(self, values: torch.Tensor) -> torch.Tensor:
+        """Across ranks when each scored a share of dev (else unchanged)."""
 
 
 class TorchBackend:
     """Single process: AdamW over the unit groups, best weights kept in memory."""
 
-    def __init__(self, model: nn.Module, lr: float, grad_clip: float = 1.0):
-        self.model, self.grad_clip = model, grad_clip
-        self.optimizer = torch.optim.AdamW(param_groups(model), lr=lr)
+    def __init__(self, model: nn.Module, lr: float, grad_clip: float = 1.0, grad_accum: int = 1):
+        self.model = self.module = model
+        self.grad_clip, self.grad_accum, self._micro = grad_clip, grad_accum, 0
+        self.optimizer = UnitAdamW(param_groups(model), lr=lr)
         self._saved: dict[str, tuple[dict, dict]] = {}
 
     def step(self, loss: torch.Tensor) -> None:
-        loss.backward()
-        if self.grad_clip:
+        (loss / self.grad_accum).backward()
+        self._micro += 1
+        if self._micro % self.grad_accum:
+            return
+        if self.grad_clip:  # parameters without a gradient (frozen units) are left out of the norm
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -153,7 +134,10 @@ class TorchBackend:
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optimizer_state)
 
-    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+    def all_reduce(self, values: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return values
+
+    def all_reduce_dev(self, values: torch.Tensor) -> torch.Tensor:
         return values
 
 
@@ -177,16 +161,19 @@ class Position:
     phase: int = 0
     epoch: int = 0
     batch: int = 0
-    """Batches of ``epoch`` already trained: a resumed epoch skips them."""
+    """Micro-batches of ``epoch`` already trained: a resumed epoch skips them."""
     step: int = 0
+    """Optimizer steps so far."""
     phase_step: int = 0
-    """Steps since the phase began (drives the warmup)."""
+    """Optimizer steps since the phase began (drives the warmup)."""
     best: list[float] | None = None
     """The phase's best dev score so far (None: the phase has not started); its weights are the ``best_tag``."""
     best_epoch: int = -1
     bad: int = 0
     loss_sum: float = 0.0
     samples: int = 0
+    tokens: int = 0
+    """Non-padding tokens of the epoch's trained batches."""
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
 
@@ -224,7 +211,7 @@ def run_schedule(
     pos = Position(**resume) if resume else Position()
     for index in range(pos.phase, len(phases)):
         phase = phases[index]
-        trained = set_trainable(backend.optimizer, phase.trainable, lr)
+        trained = set_trainable(backend.module, backend.optimizer, phase.trainable, lr)
         objective = objective_for(phase)
         stopper = EarlyStopping(phase.patience)
         if pos.best is None:
@@ -239,14 +226,21 @@ def run_schedule(
         for epoch in range(pos.epoch, phase.epochs):
             backend.model.train()
             t0 = time.perf_counter()
+            pending: list[dict] = []
             for batch in data.train(phase, epoch, pos.batch):
+                pending.append(batch)
+                if len(pending) < backend.grad_accum:
+                    continue
                 if pos.phase_step < warmup_steps:
-                    set_trainable(backend.optimizer, phase.trainable, lr * (pos.phase_step + 1) / warmup_steps)
-                parts = objective(backend.model(**model_inputs(batch), **objective.forward_kwargs()), batch)
-                backend.step(parts["total"])
-                pos.step, pos.phase_step, pos.batch = pos.step + 1, pos.phase_step + 1, pos.batch + 1
-                pos.samples += len(batch["input_ids"])
-                pos.loss_sum += parts["total"].item()
+                    set_lr(backend.optimizer, lr * (pos.phase_step + 1) / warmup_steps)
+                for micro in pending:
+                    parts = objective(backend.model(**model_inputs(micro), **objective.forward_kwargs()), micro)
+                    backend.step(parts["total"])
+                    pos.loss_sum += parts["total"].item()
+                    pos.samples += len(micro["input_ids"])
+                    pos.tokens += int(micro["attention_mask"].sum())
+                pos.step, pos.phase_step, pos.batch = pos.step + 1, pos.phase_step + 1, pos.batch + len(pending)
+                pending = []  # an incomplete group left at the epoch's end is dropped (module docstring)
                 on_step(phase, pos.step, parts)
                 if on_checkpoint and checkpoint_every and pos.step % checkpoint_every == 0:
                     pos.seconds += time.perf_counter() - t0
@@ -258,13 +252,12 @@ def run_schedule(
             if stopper.update(_score(phase, dev), epoch) and epoch < phase.epochs - 1:
                 backend.save(tag)
             record = {
-                "stage": phase.name, "epoch": epoch, "step": pos.step, "loss": pos.loss_sum / max(pos.batch, 1),
+                "stage": phase.name, "epoch": epoch, "step": pos.step, **_train_figures(backend, pos),
                 "dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"], "dev_score": dev["score"],
-                "monitor": phase.monitor,
-                "trained_units": trained, "samples": pos.samples, "seconds": pos.seconds,
+                "monitor": phase.monitor, "trained_units": trained,
             }
             pos.history.append(record)
-            pos.epoch, pos.batch, pos.loss_sum, pos.samples, pos.seconds = epoch + 1, 0, 0.0, 0, 0.0
+            pos.epoch, pos.batch, pos.loss_sum, pos.samples, pos.tokens, pos.seconds = epoch + 1, 0, 0.0, 0, 0, 0.0
             pos.best, pos.best_epoch, pos.bad = list(stopper.best), stopper.best_epoch, stopper.bad
             on_epoch(record)
             if stopper.stop:
@@ -276,6 +269,16 @@ def run_schedule(
         if on_checkpoint and index < len(phases) - 1:
             on_checkpoint(pos)
     return pos.history
+
+
+def _train_figures(backend: Backend, pos: Position) -> dict:
+    """The epoch's training loss (mean over every rank's micro-batches), samples and tokens (summed over ranks)
+    and their rates over the slowest rank's time."""
+    sums = backend.all_reduce(torch.tensor([pos.loss_sum, pos.batch, pos.samples, pos.tokens], dtype=torch.float64))
+    seconds = float(backend.all_reduce(torch.tensor([pos.seconds], dtype=torch.float64), "max")[0])
+    loss_sum, batches, samples, tokens = sums.tolist()
+    return {"loss": loss_sum / max(batches, 1), "samples": int(samples), "tokens": int(tokens), "seconds": seconds,
+            "samples_per_s": samples / max(seconds, 1e-9), "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -300,7 +303,7 @@ def evaluate(backend: Backend, objective: Callable, batches: Iterable[dict],
             totals[3] += n
         totals[0] += float(objective(out, batch)["total"]) * n
         totals[1] += n
-    totals = backend.all_reduce(totals)
+    totals = backend.all_reduce_dev(totals)
     backend.model.train()
     result = {
         "loss": float(totals[0] / totals[1]) if totals[1] else float("nan"),

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from xdray.config import RepresentationConfig
+from xdray.distill.units import UnitAdamW, param_groups
 
 
 @dataclass
@@ -48,7 +49,7 @@ def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
         "train_micro_batch_size_per_gpu": spec.batch_size,
         "gradient_accumulation_steps": spec.grad_accum,
         "gradient_clipping": ds["grad_clip"],
-        "optimizer": {"type": "AdamW", "params": {"lr": spec.lr, "weight_decay": 0.01, "torch_adam": True}},
+        "zero_allow_untested_optimizer": True,  # ZeRO knows torch's AdamW by its exact type, not subclasses
         "zero_force_ds_cpu_optimizer": False,  # torch's AdamW also with offload: no C++ extension to compile
         "zero_optimization": zero,
         "bf16": {"enabled": ds["precision"] == "bf16"},
@@ -58,11 +59,22 @@ def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
     }
 
 
+def build_engine(module: torch.nn.Module, spec: TrainSpec, world_size: int):
+    """A DeepSpeed engine over ``module`` with the unit-aware AdamW (``distill.units``), whose frozen groups
+    ZeRO's partitioned step leaves alone."""
+    import deepspeed
+
+    optimizer = UnitAdamW(param_groups(module), lr=spec.lr)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(spec, world_size))
+    return engine
+
+
 class DeepSpeedBackend:
     """``run_schedule`` on a DeepSpeed engine: its optimizer keeps the unit groups, checkpoints are collective."""
 
     def __init__(self, engine, scratch: str, sharded_dev: bool):
-        self.model, self.optimizer = engine, engine.optimizer
+        self.model, self.module, self.optimizer = engine, engine.module, engine.optimizer
+        self.grad_accum = engine.gradient_accumulation_steps()
         self.scratch, self.sharded_dev = scratch, sharded_dev
 
     def step(self, loss: torch.Tensor) -> None:
@@ -75,10 +87,15 @@ class DeepSpeedBackend:
     def restore(self, tag: str) -> None:
         self.model.load_checkpoint(self.scratch, tag=tag)
 
-    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
-        if self.sharded_dev and dist.is_initialized():
-            dist.all_reduce(values)
-        return values
+    def all_reduce(self, values: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if not dist.is_initialized():
+            return values
+        on_device = values.to(self.model.device)  # NCCL reduces device tensors only
+        dist.all_reduce(on_device, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return on_device.cpu()
+
+    def all_reduce_dev(self, values: torch.Tensor) -> torch.Tensor:
+        return self.all_reduce(values) if self.sharded_dev else values
 
 
 def save_fp32(model: torch.nn.Module, directory: str) -> None:

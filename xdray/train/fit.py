@@ -36,7 +36,8 @@ def make_spec(
     return TrainSpec(
         role=role, init=init, stages=stages, num_labels=num_labels,
         max_length=max_length if max_length is not None else cfg.data.max_length,
-        batch_size=trainer.batch_size, lr=trainer.lr, deepspeed=trainer.deepspeed.model_dump(),
+        batch_size=trainer.batch_size, lr=trainer.lr,
+        deepspeed=trainer.deepspeed.model_dump() | {"zero_stage": trainer.zero_stage},
         grad_accum=trainer.grad_accum, warmup_steps=trainer.warmup_steps, checkpoint_every=trainer.checkpoint_every,
         log_every=trainer.log_every,
         scratch=str(scratch), dev=ray.put(dev), seed=cfg.seed,

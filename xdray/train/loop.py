@@ -27,10 +27,10 @@ from xdray.common.files import write_json
 from xdray.common.memory import keep_freed_memory
 from xdray.distill.batches import table_batches
 from xdray.distill.objective import Objective, teacher_targets
-from xdray.distill.schedule import Data, Phase, Position, evaluate, expand_stages, param_groups, run_schedule
+from xdray.distill.schedule import Data, Phase, Position, evaluate, expand_stages, run_schedule
 from xdray.distill.student import encoder_blocks, param_counts
 from xdray.train import checkpoints
-from xdray.train.engine import DeepSpeedBackend, TrainSpec, deepspeed_config, save_fp32
+from xdray.train.engine import DeepSpeedBackend, TrainSpec, build_engine, save_fp32
 from xdray.train.role import Built
 
 DEV_BATCH = 64
@@ -42,17 +42,13 @@ def worker_loop(config: dict) -> None:
     spec = TrainSpec(**config)
     keep_freed_memory()
     if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed  # after DS_ACCELERATOR is set
-
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before build_engine imports deepspeed
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(spec.seed)
     built = spec.role.build(spec)
     counts = param_counts(built.module.student)
-    engine, *_ = deepspeed.initialize(
-        model=built.module, model_parameters=param_groups(built.module), config=deepspeed_config(spec, world)
-    )
+    engine = build_engine(built.module, spec, world)
     if built.teacher is not None:
         built.teacher.to(engine.device)
     # ZeRO-3 needs every rank in every forward, so there all ranks score the whole of dev; so do roles whose
@@ -86,13 +82,13 @@ def worker_loop(config: dict) -> None:
     def on_epoch(record: dict) -> None:
         if progress:
             progress.epoch(record)
-        record["samples_per_s"] = record["samples"] * world / max(record["seconds"], 1e-9)
         if tracker:
             name = record["stage"]
             tracker.metrics(spec.run_id, {
                 f"dev/{name}/accuracy": record["dev_accuracy"], f"dev/{name}/loss": record["dev_loss"],
                 f"dev/{name}/score": record["dev_score"],
                 f"train/{name}/epoch_loss": record["loss"], "train/samples_per_s": record["samples_per_s"],
+                "train/tokens_per_s": record["tokens_per_s"],
             }, record["step"])
         plain = {k: v for k, v in record.items() if not isinstance(v, list)}
         ray.train.report({**plain, "params": counts["total"], "teacher_forwards": built.teacher_forwards[0],
@@ -122,10 +118,12 @@ def worker_loop(config: dict) -> None:
     summary = {
         "dev_accuracy": final["accuracy"], "dev_score": final["score"],
         "dev_metrics": {k: v for k, v in final.items() if k not in ("loss", "score")}, "params": counts, "history": history, "steps": history[-1]["step"],
-        "samples_per_s": sum(r["samples"] for r in history) * world / max(seconds, 1e-9), "world_size": world,
+        "samples_per_s": sum(r["samples"] for r in history) / max(seconds, 1e-9), "world_size": world,
+        "tokens_per_s": sum(r["tokens"] for r in history) / max(seconds, 1e-9),
         "worker_nodes": nodes, "layer_map": list(built.layer_map), "phases": [p.name for p in phases],
         "resumed_from_step": resume["step"] if resume else 0, "grad_accum": spec.grad_accum,
-        "teacher_forwards": built.teacher_forwards[0], "teacher_loaded": built.teacher_loaded,
+        "zero_stage": spec.deepspeed["zero_stage"], "teacher_forwards": built.teacher_forwards[0],
+        "teacher_loaded": built.teacher_loaded,
     }
     _report_final(engine, built.tokenizer, summary, rank, spec.deepspeed["zero_stage"])
 
