@@ -41,12 +41,12 @@ def tiny_module() -> DistillModule:
     return DistillModule(build_student(StudentConfig(layers=2, hidden=16, heads=2), teacher, 2), 32, 0)
 
 
-def engine_for(zero: dict, **ds):
+def engine_for(zero: dict, world_size: int = 1, **ds):
     spec = TrainSpec(role="student", init="", stages=[], num_labels=2, max_length=16, batch_size=4, lr=1e-2,
                      deepspeed={"zero_stage": 2, "precision": "fp32", "grad_clip": 1.0, "offload_optimizer": False,
                                 "train_batch_size": None, **zero},
                      scratch="", dev=None, **({"grad_accum": 1} | ds))
-    return build_engine(tiny_module(), spec, 1)
+    return build_engine(tiny_module(), spec, world_size)
 
 
 def batch(seed: int) -> dict:
@@ -191,3 +191,51 @@ def test_every_epoch_ends_on_an_optimizer_step_and_steps_count_updates(deepspeed
     assert [r["step"] for r in history] == [2, 4]
     assert [r["samples"] for r in history] == [24, 24] and [r["tokens"] for r in history] == [192, 192]
     assert lrs == [(1, 1, 5e-3), (2, 2, 1e-2), (3, 3, 1e-2), (4, 4, 1e-2)]  # DeepSpeed's updates = ours
+
+
+_TWO_RANKS = """
+import json, os, sys
+os.environ.update(DS_ACCELERATOR="cpu", RANK=sys.argv[1], LOCAL_RANK=sys.argv[1], WORLD_SIZE="2")
+import deepspeed
+deepspeed.init_distributed(dist_backend="gloo")
+from tests.test_engine import batch, engine_for
+from xdray.config import StageConfig
+from xdray.distill.objective import Objective
+from xdray.distill.schedule import Data, expand_stages, run_schedule
+from xdray.train.engine import DeepSpeedBackend
+rank = int(sys.argv[1])
+engine = engine_for({"zero_stage": 2}, world_size=2)
+train = [batch(10 * rank + i) for i in range(3)]  # each rank its own batches
+stages = [StageConfig(name="labels", data="train", loss="ce", epochs=1).model_dump()]
+losses = []
+record = run_schedule(DeepSpeedBackend(engine, sys.argv[2], sharded_dev=False), expand_stages(stages, 2),
+                      lambda phase: Objective(losses=phase.losses),
+                      Data(train=lambda phase, epoch, skip: train[skip:], dev=lambda phase: [batch(100)]), lr=1e-2,
+                      on_step=lambda phase, step, parts: losses.append(parts["total"].item()))[-1]
+print(json.dumps({"losses": losses, "record": record}))
+"""
+
+
+@pytest.mark.slow
+def test_the_epoch_loss_and_throughput_cover_every_rank(tmp_path):
+    """Two gloo ranks on different batches: the epoch's loss is the mean over both ranks' micro-batches (not
+    rank 0's), samples and tokens are their sum, the rate is over the slower rank's time."""
+    import json
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_RANKS, str(r), str(tmp_path / str(r))], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    ranks = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    every = [loss for r in ranks for loss in r["losses"]]
+    for r in ranks:
+        assert r["record"]["loss"] == pytest.approx(sum(every) / len(every), rel=1e-9)
+        assert r["record"]["samples"] == 4 * len(every) and r["record"]["tokens"] == 32 * len(every)
+        assert r["record"]["seconds"] == max(q["record"]["seconds"] for q in ranks)
+    assert ranks[0]["record"]["loss"] != pytest.approx(sum(ranks[0]["losses"]) / len(ranks[0]["losses"]), rel=1e-6)
