@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, BertConf
 
 from xdray.config import StageConfig, StudentConfig
 from xdray.distill import losses as L
+from xdray.distill.batches import model_inputs
 from xdray.distill.objective import DistillModule, Objective, teacher_targets
 from xdray.distill.schedule import Data, TorchBackend, expand_stages, run_schedule
 from xdray.distill.units import block_units, param_groups, set_trainable
@@ -98,6 +99,59 @@ def test_attention_mse_ignores_padded_positions():
     b[..., 2, :] += 5.0
     assert L.attention_mse([a], [b], mask).item() == pytest.approx(0, abs=1e-7)
     assert L.relation_kl([torch.randn(1, 3, 4)] * 1, [torch.randn(1, 3, 8)], mask).item() >= 0
+
+
+def test_minilm_v2_relations_compare_any_widths_and_head_counts_and_ignore_padding():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    teacher = [torch.randn(2, 4, 48) for _ in range(3)]  # Q, K, V of a 48-wide teacher layer
+    student = [torch.randn(2, 4, 16, requires_grad=True) for _ in range(3)]  # a 16-wide student's
+    loss = L.qkv_relations(student, teacher, mask, heads=4)
+    assert loss.shape == () and loss.item() > 0
+    loss.backward()
+    assert all(s.grad[0, :3].abs().sum() > 0 and s.grad[0, 3].abs().sum() == 0 for s in student)  # pads: no grad
+    padded = [t.clone() for t in teacher]
+    for t in padded:
+        t[0, 3], t[1, 2:] = 100.0, -100.0
+    assert L.qkv_relations(student, padded, mask, 4).item() == pytest.approx(loss.item(), rel=1e-6)
+    same = [torch.randn(2, 4, 16) for _ in range(3)]
+    assert L.qkv_relations(same, [x * 1.0 for x in same], mask, 4).item() == pytest.approx(0, abs=1e-6)
+    # relations are per relation head: a width-48 teacher equals itself split in 4, and 16 does not split in 3
+    with pytest.raises(ValueError, match="relation heads"):
+        L.qkv_relations(student, teacher, mask, heads=3)
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet", "distilbert"])
+def test_relations_objective_reads_queries_keys_values_of_any_encoder_family(family):
+    """The teacher's top-layer Q/K/V (BERT/MPNet/DistilBERT name them differently) against the student's top
+    block, 4 relation heads across 12 → 2 attention heads: gradients reach the student's top Q/K/V only
+    through this loss."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, MPNetConfig, \
+        MPNetForSequenceClassification
+
+    torch.manual_seed(0)
+    if family == "mpnet":
+        teacher = MPNetForSequenceClassification(MPNetConfig(vocab_size=90, hidden_size=48, num_hidden_layers=2,
+                                                             num_attention_heads=12, intermediate_size=96))
+    elif family == "distilbert":
+        teacher = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=90, dim=48, n_layers=2, n_heads=12,
+                                                                       hidden_dim=96))
+    else:
+        teacher = _teacher(layers=2)
+    teacher.eval()
+    objective = Objective(losses=("relations",), relation_heads=4)
+    ids = torch.randint(4, 90, (2, 6))
+    batch = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2])}
+    batch |= teacher_targets(teacher, batch, objective)
+    assert [tuple(x.shape) for x in batch["teacher_qkv"]] == [(2, 6, 48)] * 3
+    student = build_student(StudentConfig(layers=2, hidden=16, heads=2), _teacher(layers=2), 2)
+    module = DistillModule(student, 48, 0)
+    loss = objective(module(**model_inputs(batch), **objective.forward_kwargs()), batch)["relations"]
+    loss.backward()
+    top, bottom = student.bert.encoder.layer[1].attention.self, student.bert.encoder.layer[0].attention.self
+    assert loss.item() > 0 and top.query.weight.grad.abs().sum() > 0 and top.value.weight.grad.abs().sum() > 0
+    assert bottom.query.weight.grad.abs().sum() > 0  # lower blocks feed the top one
+    assert student.classifier.weight.grad is None  # no logits in this loss
 
 
 def test_logit_losses_and_token_level_cross_entropy():

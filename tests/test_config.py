@@ -63,6 +63,7 @@ BAD = [
     ("distill.stages", [], "distill.stages: List should have at least 1 item"),
     ("distill.stages", [{"name": "a", "data": "train", "loss": "logits_mse"}], "needs teacher outputs"),
     ("distill.stages", [{"name": "a", "data": "transfer", "loss": "attention"}], "fix: set distill.teacher_mode: online"),
+    ("distill.stages", [{"name": "a", "data": "transfer", "loss": "relations"}], "queries, keys and values"),
     ("distill.stages", [{"name": "a", "data": "transfer", "loss": []}], "no loss"),
     ("distill.student", {"hidden": 32, "heads": 2, "init": "copy-me"}, "init='copy-me' is not known"),
     ("distill.student", {"hidden": 32, "heads": 2, "embedding_size": 16, "init": "teacher-layers"},

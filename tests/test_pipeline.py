@@ -153,13 +153,14 @@ def test_rerun_skips_completed_steps(pipeline_run, capsys):
 
 def test_online_teacher_attention_and_token_losses_with_a_factorized_student(pipeline_run):
     """`xdray distill` asked for explicitly runs again: here with the frozen teacher inside the workers, attention
-    maps across different head counts (2 → 4), token-level hidden states and an ALBERT-style student."""
+    maps across different head counts (2 → 4), MiniLMv2 query/key/value relations (4 relation heads of widths
+    32 and 16), token-level hidden states and an ALBERT-style student."""
     job, out = pipeline_run
     before = json.loads((out / "distill" / "summary.json").read_text())
-    stages = ("[{name: rep, data: transfer, loss: [hidden, attention], epochs: 2}, "
+    stages = ("[{name: rep, data: transfer, loss: [hidden, attention, relations], epochs: 2}, "
               "{name: labels, data: train, loss: ce, epochs: 1}]")
     assert main(["distill", str(job), "--set", f"distill.stages={stages}", "--set", "distill.teacher_mode=online",
-                 "--set", "distill.representation.positions=tokens",
+                 "--set", "distill.representation.positions=tokens", "--set", "distill.representation.relation_heads=4",
                  "--set", "distill.student={layers: 1, hidden: 16, heads: 4, embedding_size: 8}"]) == 0
     after = json.loads((out / "distill" / "summary.json").read_text())
     assert after["mlflow_run_id"] != before["mlflow_run_id"]

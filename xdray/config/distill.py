@@ -70,9 +70,9 @@ class StudentConfig(Section):
         return self
 
 
-LossName = Literal["hidden", "attention", "logits_mse", "logits_kl", "ce", "label_mse"]
-REPRESENTATION_LOSSES = ("hidden", "attention")
-TEACHER_LOSSES = ("hidden", "attention", "logits_mse", "logits_kl")
+LossName = Literal["hidden", "attention", "relations", "logits_mse", "logits_kl", "ce", "label_mse"]
+REPRESENTATION_LOSSES = ("hidden", "attention", "relations")
+TEACHER_LOSSES = ("hidden", "attention", "relations", "logits_mse", "logits_kl")
 
 
 class StageConfig(Section):
@@ -81,7 +81,8 @@ class StageConfig(Section):
     data: Literal["transfer", "train"]
     """``transfer``: the teacher-labelled corpus; ``train``: the labeled source split."""
     loss: list[LossName]
-    """One loss or a list (summed): hidden, attention (representation); logits_mse, logits_kl; ce (labels)."""
+    """One loss or a list (summed): hidden, attention, relations (representation); logits_mse, logits_kl; ce
+    (labels)."""
     epochs: int = Field(1, ge=1)
     """Most epochs (per sub-stage when unfreeze is gradual)."""
     patience: int | None = Field(None, ge=1)
@@ -127,7 +128,13 @@ class RepresentationConfig(Section):
     """Loss between the aligned hidden states."""
     attention: Literal["mean_heads", "relation"] = "mean_heads"
     """Head-count independent: ``mean_heads`` compares head-averaged attention maps (MSE);
-    ``relation`` compares self-relation maps softmax(HH^T/sqrt(d)) of the aligned states (KL, MiniLM-style)."""
+    ``relation`` compares self-relation maps softmax(HH^T/sqrt(d)) of the aligned states (KL)."""
+    relation_heads: int = Field(12, ge=1)
+    """Loss ``relations`` (MiniLMv2): the relation heads queries, keys and values are split into; it must divide
+    the student's and the teacher's hidden sizes, whatever their attention head counts."""
+    relation_layer: int | None = Field(None, ge=1)
+    """Loss ``relations``: the teacher layer (1-based) the student's top layer learns from; None: the teacher's
+    last (MiniLMv2 takes an upper-middle layer of large teachers)."""
 
 
 class DistillConfig(TrainerConfig):
@@ -148,10 +155,11 @@ class DistillConfig(TrainerConfig):
     labels: Path | None = None
     """Labelled Parquet directory; None = <output_dir>/label/data."""
     transfer_cache: Literal["auto", "memory", "stream"] = "auto"
-    """How the workers get the labelled transfer set each epoch. ``memory``: read once into Ray's object store
-    (a re-read costs seconds of start-up every epoch); ``stream``: read from the files again every epoch, for
-    sets larger than the object store; ``auto``: ``memory`` when the Parquet files take under an eighth of the
-    cluster's object store."""
+    """How the workers get the labelled transfer set. ``memory``: read once into Ray's object store, where
+    every worker indexes it (one permutation of all rows per epoch); ``stream``: each worker reads its share of
+    the Parquet row groups every epoch, shuffled within windows of 16,384 rows, for sets larger than the
+    object store; ``auto``: ``memory`` when the Parquet files take under an eighth of the cluster's object
+    store."""
     workers: int = Field(2, ge=1)
     """Ray Train workers (each a DeepSpeed engine)."""
 
@@ -166,6 +174,9 @@ class DistillConfig(TrainerConfig):
             return self
         if any("attention" in s.loss for s in self.stages):
             raise ValueError("loss attention needs the teacher's attention maps, which are not stored; "
+                             "fix: set distill.teacher_mode: online")
+        if any("relations" in s.loss for s in self.stages):
+            raise ValueError("loss relations needs the teacher's queries, keys and values, which are not stored; "
                              "fix: set distill.teacher_mode: online")
         if self.representation.positions == "tokens" and self.uses_hidden:
             raise ValueError("representation.positions=tokens needs every token's teacher states, which are not "

@@ -81,8 +81,9 @@ def _log_relation(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def relation_kl(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """MiniLM-style relation distillation on (B, T, H) states: KL(teacher ‖ student) of self-relation maps,
-    averaged over real query tokens. Widths and head counts may differ freely."""
+    """Self-relations of (B, T, H) hidden states: KL(teacher ‖ student) of softmax(H Hᵀ/√d) maps, averaged over
+    real query tokens; widths and head counts may differ freely. A cousin of MiniLM's relations on the hidden
+    states; MiniLMv2's query/key/value relations are ``qkv_relations``."""
     queries = mask.bool()
     per_layer = []
     for s, t in zip(student, teacher, strict=True):
@@ -90,6 +91,33 @@ def relation_kl(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
         kl = (log_t.exp() * (log_t - log_s)).masked_fill(~queries[:, None, :], 0).sum(-1)
         per_layer.append(kl[queries].mean())
     return torch.stack(per_layer).mean()
+
+
+def _relation_heads(x: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, H) → (B, heads, T, T) log softmax of scaled dot-product self-relations per relation head, over
+    real keys."""
+    b, t, h = x.shape
+    if h % heads:
+        raise ValueError(f"{h} hidden units do not split into {heads} relation heads")
+    x = x.float().view(b, t, heads, h // heads).transpose(1, 2)
+    scores = x @ x.transpose(-1, -2) / math.sqrt(h // heads)
+    scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+def qkv_relations(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor,
+                  heads: int) -> torch.Tensor:
+    """MiniLMv2 (Wang et al. 2021): the queries, keys and values of one student layer and one teacher layer,
+    each (B, T, H) and split into the same number of relation heads whatever the models' own head counts and
+    widths; for Q-Q, K-K and V-V, KL(teacher ‖ student) of the per-head scaled dot-product relations, averaged
+    over relation heads and real query tokens; the three are summed."""
+    queries = mask.bool()[:, None, :]
+    per_kind = []
+    for s, t in zip(student, teacher, strict=True):
+        log_s, log_t = _relation_heads(s, mask, heads), _relation_heads(t, mask, heads)
+        kl = (log_t.exp() * (log_t - log_s)).masked_fill(~mask.bool()[:, None, None, :], 0).sum(-1)  # (B, R, T)
+        per_kind.append(kl.masked_select(queries.expand_as(kl)).mean())
+    return torch.stack(per_kind).sum()
 
 
 def logits_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

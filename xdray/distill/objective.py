@@ -8,6 +8,8 @@ with a frozen teacher, for the ``online`` mode; offline they come from the label
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,38 @@ from torch import nn
 
 from xdray.distill import losses as L
 from xdray.distill.batches import model_inputs
+from xdray.distill.student import encoder_blocks
+
+QKV_NAMES = (("query", "key", "value"), ("q", "k", "v"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"))
+"""How encoders name their attention projections: BERT, RoBERTa, XLM-R, ALBERT; MPNet; DistilBERT; others."""
+
+
+def qkv_projections(block: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """A transformer block's query, key and value projections."""
+    linears = {name.rsplit(".", 1)[-1]: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+    for names in QKV_NAMES:
+        if all(n in linears for n in names):
+            return tuple(linears[n] for n in names)
+    raise ValueError(f"{type(block).__name__}: no query/key/value projections found (looked for {QKV_NAMES}); "
+                     "the relations loss needs separate ones")
+
+
+@contextmanager
+def captured_qkv(block: nn.Module) -> Iterator[list[torch.Tensor | None]]:
+    """The block's query, key and value projections' outputs (B, T, H) during the forward passes inside."""
+    out: list[torch.Tensor | None] = [None, None, None]
+
+    def keep(i):
+        def hook(module, inputs, output):
+            out[i] = output
+        return hook
+
+    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(qkv_projections(block))]
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class DistillModule(nn.Module):
@@ -31,15 +65,18 @@ class DistillModule(nn.Module):
             )
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, positions: str | None = None,
-                attentions: bool = False, tokens: bool = False) -> dict:
+                attentions: bool = False, tokens: bool = False, qkv: bool = False) -> dict:
         """Logits always; ``positions`` adds the projected states at those positions; ``tokens`` the raw
-        (B, T, H) states; ``attentions`` the attention maps."""
+        (B, T, H) states; ``attentions`` the attention maps; ``qkv`` the top block's queries, keys, values."""
         types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # not every encoder has them
-        out = self.student(
-            input_ids=input_ids, attention_mask=attention_mask, **types,
-            output_hidden_states=bool(positions or tokens), output_attentions=attentions,
-        )
+        with captured_qkv(encoder_blocks(self.student)[-1]) if qkv else nullcontext() as top:
+            out = self.student(
+                input_ids=input_ids, attention_mask=attention_mask, **types,
+                output_hidden_states=bool(positions or tokens), output_attentions=attentions,
+            )
         result = {"logits": out.logits}
+        if qkv:
+            result["qkv"] = list(top)
         if positions:
             states = [L.select_positions(h, attention_mask, positions) for h in out.hidden_states]
             if self.projections is not None:
@@ -63,6 +100,10 @@ class Objective:
     hidden_kind: str = "mse"
     attention: str = "mean_heads"
     temperature: float = 1.0
+    relation_heads: int = 12
+    relation_layer: int | None = None
+    """The teacher layer (1-based) whose query/key/value relations the student's top layer learns; None: the
+    teacher's last (MiniLMv2 takes an upper-middle one for large teachers)."""
 
     @property
     def teacher_hidden_layers(self) -> tuple[int, ...]:
@@ -79,7 +120,7 @@ class Objective:
     def forward_kwargs(self) -> dict:
         return {
             "positions": self.positions if "hidden" in self.losses else None,
-            "attentions": self.attention_maps, "tokens": self.relation,
+            "attentions": self.attention_maps, "tokens": self.relation, "qkv": "relations" in self.losses,
         }
 
     def __call__(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
@@ -95,6 +136,9 @@ class Objective:
             elif name == "attention":
                 teacher = [batch["teacher_attentions"][k - 1] for k in self.layer_map[1:]]
                 parts[name] = L.attention_mse(out["attentions"], teacher, batch["attention_mask"])
+            elif name == "relations":
+                parts[name] = L.qkv_relations(out["qkv"], batch["teacher_qkv"], batch["attention_mask"],
+                                              self.relation_heads)
             elif name == "logits_mse":
                 parts[name] = L.logits_mse(out["logits"], batch["teacher_logits"])
             elif name == "logits_kl":
@@ -112,12 +156,19 @@ class Objective:
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, batch: dict, objective: Objective) -> dict:
     """The frozen teacher's outputs that ``objective`` needs, for the batch's inputs (online mode)."""
-    out = teacher(
-        **model_inputs(batch),
-        output_hidden_states=bool(objective.teacher_hidden_layers) or objective.relation,
-        output_attentions=objective.attention_maps,
-    )
+    relations = "relations" in objective.losses
+    if relations:
+        blocks = encoder_blocks(teacher)
+        block = blocks[(objective.relation_layer or len(blocks)) - 1]
+    with captured_qkv(block) if relations else nullcontext() as qkv:
+        out = teacher(
+            **model_inputs(batch),
+            output_hidden_states=bool(objective.teacher_hidden_layers) or objective.relation,
+            output_attentions=objective.attention_maps,
+        )
     targets = {"teacher_logits": out.logits.float()}
+    if relations:
+        targets["teacher_qkv"] = [x.float() for x in qkv]
     mask = batch["attention_mask"]
     if objective.teacher_hidden_layers:
         targets["teacher_hidden"] = {

@@ -20,22 +20,24 @@ from xdray.distill.role import StudentRole
 from xdray.distill.student import check_student
 from xdray.errors import XdrayError
 from xdray.label.run import check_labels
-from xdray.train.fit import finish_classifier, fit, make_spec, run_name
+from xdray.train.fit import finish_classifier, fit, make_spec, rows_source, run_name
+from xdray.train.order import read_parquet_dir
 
 
 def student_data(cfg: XdrayConfig, train: LabeledSplit, dev: LabeledSplit, stages: list[dict],
                  student_layers: list[int]) -> tuple[dict, pa.Table]:
-    """The Ray datasets a distillation reads (the labelled transfer Parquet and/or the labeled train split) and
-    its dev table — with the teacher's outputs from the labelling job when targets come from Parquet."""
+    """The training sets a distillation reads (the labelled transfer Parquet and/or the labeled train split, as
+    ``train.fit`` takes them) and its dev table — with the teacher's outputs from the labelling job when targets
+    come from Parquet."""
     sources = {s["data"] for s in stages}
     datasets, dev_table = {}, text_table(dev)
     if "train" in sources:
-        datasets["train"] = ray.data.from_items(train.rows())
+        datasets["train"] = rows_source(train.rows())
     if "transfer" in sources:
         check_labels(cfg, student_layers, any("hidden" in s["loss"] for s in stages))
-        transfer = ray.data.read_parquet(str(cfg.labels_dir / "transfer"), file_extensions=["parquet"])
-        keep = in_memory(cfg.distill.transfer_cache, cfg.labels_dir / "transfer")
-        datasets["transfer"] = transfer.materialize() if keep else transfer
+        transfer = cfg.labels_dir / "transfer"
+        keep = in_memory(cfg.distill.transfer_cache, transfer)
+        datasets["transfer"] = rows_source(read_parquet_dir(transfer)) if keep else str(transfer)
         if cfg.distill.teacher_mode == "offline":
             dev_table = pq.read_table(cfg.labels_dir / "dev")
     return datasets, dev_table
@@ -60,6 +62,17 @@ def check_student_fits(cfg: XdrayConfig, student: StudentConfig, hidden: bool,
             f"distill.student.layers={student.layers}: the hidden loss maps student layers onto the teacher's "
             f"{teacher.num_hidden_layers}; fix: use at most {teacher.num_hidden_layers} layers"
         )
+    rep = cfg.distill.representation
+    if any("relations" in s.loss for s in cfg.distill.stages):
+        widths = {"student": student.hidden, "teacher": teacher.hidden_size}
+        for who, width in widths.items():
+            if width % rep.relation_heads:
+                raise XdrayError(f"distill.representation.relation_heads={rep.relation_heads} does not divide the "
+                                 f"{who}'s hidden size {width}; fix: use a common divisor of {widths['student']} "
+                                 f"and {widths['teacher']}")
+        if rep.relation_layer and rep.relation_layer > teacher.num_hidden_layers:
+            raise XdrayError(f"distill.representation.relation_layer={rep.relation_layer}: the teacher has "
+                             f"{teacher.num_hidden_layers} layers; fix: use 1-{teacher.num_hidden_layers} or null")
 
 
 def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import ray
 
 from xdray.common.hf import load_classifier
 from xdray.common.tracking import Tracker
@@ -15,7 +14,7 @@ from xdray.config import StageConfig, XdrayConfig
 from xdray.data.tables import load_splits, text_table
 from xdray.distill.objective import DistillModule
 from xdray.train.engine import TrainSpec
-from xdray.train.fit import finish_classifier, fit, make_spec, run_name
+from xdray.train.fit import finish_classifier, fit, make_spec, rows_source, run_name
 from xdray.train.role import Built, Role
 
 
@@ -39,7 +38,7 @@ def run_teacher(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
                          out / "scratch", run_id)
         t0 = time.perf_counter()
         name = run_name("teacher", spec, tc, [cfg.data.train, cfg.data.dev])
-        result = fit(spec, tc, {"train": ray.data.from_items(train.rows())}, out / "ray", name)
+        result = fit(spec, tc, {"train": rows_source(train.rows())}, out / "ray", name)
         summary = finish_classifier(cfg, tracker, run_id, "teacher", result, test, time.perf_counter() - t0,
                                     out / "model", log_model=False)
     return summary

@@ -51,7 +51,8 @@ def run_name(step: str, spec: TrainSpec, trainer_cfg: TrainerConfig, inputs: lis
     """``<step>-<hash>`` of everything that determines the run: a restarted job with the same config and inputs
     finds its own checkpoints (Ray Train resumes a reused ``RunConfig(name, storage_path)``), a changed one
     starts afresh instead of resuming someone else's."""
-    plain = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in ("dev", "run_id", "tracking_uri")}
+    plain = {f.name: getattr(spec, f.name) for f in fields(spec)
+             if f.name not in ("dev", "train_data", "run_id", "tracking_uri")}
     key = {"spec": plain, "trainer": trainer_cfg.model_dump(mode="json"),
            "inputs": {str(p): file_stamp(p) for p in inputs if p.exists()}}
     return f"{step}-{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]}"
@@ -65,12 +66,14 @@ def fit(
     name: str,
     callbacks: list | None = None,
 ) -> ray.train.Result:
-    """Run one training job on Ray Train and return its result (raises if the job failed). Workers that die
-    are replaced up to ``max_failures`` times and resume from the last checkpoint."""
+    """Run one training job on Ray Train and return its result (raises if the job failed). ``datasets``: each
+    training set by name, as ``rows_source`` gives it. Workers that die are replaced up to ``max_failures``
+    times and resume from the last checkpoint."""
     storage.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={f.name: getattr(spec, f.name) for f in fields(spec)},  # keeps the dev ObjectRef
+        # keeps the ObjectRefs (dev, in-memory training sets) as they are
+        train_loop_config={f.name: getattr(spec, f.name) for f in fields(spec)} | {"train_data": datasets},
         scaling_config=ScalingConfig(
             num_workers=trainer_cfg.workers,
             use_gpu=trainer_cfg.use_gpu,
@@ -82,10 +85,14 @@ def fit(
                                                checkpoint_score_attribute="dev_score", checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=trainer_cfg.max_failures),
         ),
-        datasets=datasets,
     )
     with console.progress(name.rsplit("-", 1)[0], "epochs", _poll(Path(spec.scratch) / PROGRESS)):
         return trainer.fit()
+
+
+def rows_source(rows: list[dict] | pa.Table) -> ray.ObjectRef:
+    """A training set held in the object store (one copy per node, read zero-copy by the workers)."""
+    return ray.put(rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows))
 
 
 def _poll(path: Path):

@@ -2,18 +2,19 @@
 transfer tasks): it knows no task; the spec's ``Role`` says what to build, how to batch and how to score dev.
 
 Each worker builds its model, hands it to a real DeepSpeed engine (ZeRO stage from the config) and runs the
-progressive schedule (``distill.schedule.run_schedule``) on it. Training data arrives through
-``ray.train.get_dataset_shard``; dev is one table in the object store that every rank scores a share of. Each
+progressive schedule (``distill.schedule.run_schedule``) on it. Each rank reads its own rows of the training
+set (an object-store table or Parquet files) in a seeded per-epoch order (``train.order``); dev is one table
+in the object store that every rank scores a share of. Each
 phase's best weights are kept as a DeepSpeed checkpoint (saved and restored by all ranks), so selection uses dev
 only: workers never see the test split.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import tempfile
+import zlib
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from xdray.distill.schedule import Data, Phase, Position, evaluate, expand_stage
 from xdray.distill.student import encoder_blocks, param_counts
 from xdray.train import checkpoints
 from xdray.train.engine import DeepSpeedBackend, TrainSpec, build_engine, save_fp32
+from xdray.train.order import epoch_batches, parquet_blocks, plan_epoch, table_blocks
 from xdray.train.role import Built
 
 DEV_BATCH = 64
@@ -72,7 +74,7 @@ def worker_loop(config: dict) -> None:
 
     phases = expand_stages(spec.stages, len(encoder_blocks(built.module.student)), built.freeze_embeddings)
     objective_for = _objectives(spec, built)
-    data = _data(spec, built, engine.device, objective_for, rank if sharded else 0, world if sharded else 1)
+    data = _data(spec, built, engine.device, objective_for, rank, world, sharded)
 
     progress = None
     if rank == 0:
@@ -156,16 +158,19 @@ def _objectives(spec: TrainSpec, built: Built):
     def objective_for(phase: Phase) -> Objective:
         return Objective(
             losses=phase.losses, layer_map=built.layer_map, positions=rep["positions"], hidden_kind=rep["hidden_loss"],
-            attention=rep["attention"], temperature=phase.temperature,
+            attention=rep["attention"], temperature=phase.temperature, relation_heads=rep["relation_heads"],
+            relation_layer=rep["relation_layer"],
         )
 
     return objective_for
 
 
-def _data(spec: TrainSpec, built: Built, device, objective_for, dev_rank: int, dev_world: int) -> Data:
-    """Batches for ``run_schedule``: this worker's shard of the phase's dataset and its share of dev, each with
-    the teacher targets the phase needs (from the Parquet, or from the frozen teacher in online mode)."""
-    dev_raw = table_batches(ray.get(spec.dev), DEV_BATCH)[dev_rank::dev_world]
+def _data(spec: TrainSpec, built: Built, device, objective_for, rank: int, world: int, sharded_dev: bool) -> Data:
+    """Batches for ``run_schedule``: this rank's rows of the phase's training set in the epoch's order
+    (``train.order``) and its share of dev, each with the teacher targets the phase needs (from the Parquet,
+    or from the frozen teacher in online mode)."""
+    dev_raw = table_batches(ray.get(spec.dev), DEV_BATCH)[rank::world] if sharded_dev else table_batches(
+        ray.get(spec.dev), DEV_BATCH)
     dev_cache: dict[Objective, list[dict]] = {}
 
     def with_targets(batch: dict, phase: Phase) -> dict:
@@ -173,13 +178,14 @@ def _data(spec: TrainSpec, built: Built, device, objective_for, dev_rank: int, d
             batch |= teacher_targets(built.teacher, batch, objective_for(phase))
         return batch
 
+    sources = {name: parquet_blocks(Path(src)) if isinstance(src, str) else table_blocks(ray.get(src))
+               for name, src in spec.train_data.items()}
+
     def train(phase: Phase, epoch: int, skip: int):
-        shard = ray.train.get_dataset_shard(phase.data)
-        batches = shard.iter_batches(
-            batch_size=spec.batch_size, batch_format="numpy",
-            local_shuffle_buffer_size=spec.batch_size * 16, local_shuffle_seed=spec.seed + epoch,
-        )
-        for raw in itertools.islice(batches, skip, None):  # a resumed epoch skips what it already trained on
+        blocks = sources[phase.data]
+        seed = (spec.seed, zlib.crc32(phase.name.encode()))  # every phase and epoch its own order
+        plan = plan_epoch(blocks, seed, epoch, rank, world, spec.batch_size)
+        for raw in epoch_batches(blocks, plan, skip):  # a resumed epoch skips what it already trained on
             yield with_targets(spec.role.collate(raw, built.tokenizer, spec.max_length, device), phase)
 
     def dev(phase: Phase) -> list[dict]:

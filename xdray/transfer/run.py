@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
-import ray
 import torch
 from tabulate import tabulate
 from transformers import AutoTokenizer
@@ -26,7 +25,7 @@ from xdray.common.tracking import Tracker
 from xdray.config import StageConfig, TransferTask, XdrayConfig
 from xdray.console import console
 from xdray.distill.batches import model_inputs, table_batches
-from xdray.train.fit import export_student, fit, make_spec, run_name
+from xdray.train.fit import export_student, fit, make_spec, rows_source, run_name
 from xdray.transfer.metrics import headline, task_metrics
 from xdray.transfer.model import model_class, task_collate, task_loss
 from xdray.transfer.role import TransferRole
@@ -72,7 +71,7 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
         spec.run_id = run_id
         tracker.params(run_id, {"task": task.model_dump(mode="json"), "type": data.type, "num_labels": data.num_labels,
                                 "train_rows": len(data.train), "student": student})
-        result = fit(spec, tc, {"train": ray.data.from_items(data.train)}, out / "ray", name)
+        result = fit(spec, tc, {"train": rows_source(data.train)}, out / "ray", name)
         model_dir = out / "model"
         trained = export_student(result, model_dir)
         test = evaluate_model(model_dir, data, task.max_length)

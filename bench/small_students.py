@@ -1,0 +1,81 @@
+"""Small students must not collapse to the majority class: a 10-trial random search over small students
+(layers 1-3, hidden 64-128) on the quickstart data, with the teacher and labels of `jobs/search_quickstart.yaml`.
+
+Runs `xdray teacher`, `xdray label` (both reused when finished) and `xdray search` in ``--out``, then prints one
+JSON line: every trial's architecture and dev accuracy, the dev set's majority-class share, and how many trials
+ended at it (within one dev row). ``--code DIR`` runs the search step with another checkout of xdray (an older
+commit, say) on the same teacher and labels, for a before/after comparison.
+
+``python bench/small_students.py [--out outputs/bench/small] [--code DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = {"layers": [1, 2, 3], "hidden": [64, 128], "heads": [2, 4], "ffn_ratio": [2, 4],
+         "embedding_factor": [0.5, 1.0]}
+
+
+def config(out: Path) -> Path:
+    raw = yaml.safe_load((ROOT / "jobs" / "search_quickstart.yaml").read_text())
+    for key in ("train", "dev", "test"):
+        raw["data"][key] = str(ROOT / raw["data"][key])
+    raw["data"]["transfer"] = [str(ROOT / p) for p in raw["data"]["transfer"]]
+    raw["teacher"]["backbone"] = str(ROOT / raw["teacher"]["backbone"])
+    raw["output_dir"] = str(out)
+    raw["mlflow"] = {"tracking_uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "xdray-bench-small"}
+    raw["search"] |= {"space": SPACE, "num_samples": 10, "sampler": "random", "budget": {"latency_ms": None}}
+    path = out / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def xdray(command: str, job: Path, code: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    proc = subprocess.run([sys.executable, "-m", "xdray.cli", command, str(job)], cwd=code, env=env)
+    if proc.returncode:
+        sys.exit(f"xdray {command} failed (exit {proc.returncode}); see {job.parent / 'logs'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/small"))
+    parser.add_argument("--code", type=Path, default=ROOT, help="the xdray checkout whose search step runs")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    job = config(out)
+    if args.code.resolve() != ROOT:  # the teacher and labels of this checkout's run, copied
+        mine = Path("outputs/bench/small").resolve()
+        for step in ("teacher", "label"):
+            if not (out / step).exists():
+                shutil.copytree(mine / step, out / step)
+    else:
+        xdray("teacher", job, ROOT)
+        xdray("label", job, ROOT)
+    if not (out / "search" / "summary.json").is_file():
+        xdray("search", job, args.code.resolve())
+    summary = json.loads((out / "search" / "summary.json").read_text())
+    dev = [int(line.split("\t")[-1]) for line in Path(yaml.safe_load(job.read_text())["data"]["dev"]).read_text()
+           .splitlines()[1:] if line.strip()]
+    majority = max(Counter(dev).values()) / len(dev)
+    trials = [{"arch": t["arch"], "dev_accuracy": round(t["dev_accuracy"], 4), "status": t["status"]}
+              for t in summary["trials"]]
+    collapsed = [t for t in trials if abs(t["dev_accuracy"] - majority) <= 1 / len(dev) + 1e-9]
+    print(json.dumps({"bench": "small_students", "code": str(args.code.resolve()), "majority_share": round(majority, 4),
+                      "trials": trials, "collapsed": len(collapsed), "completed": summary["completed"]}))
+
+
+if __name__ == "__main__":
+    main()
