@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from xdray.train.order import epoch_batches, parquet_blocks, plan_epoch, table_blocks
+from xdray.train.order import Rows, blocks_of, epoch_batches, parquet_blocks, plan_epoch, read_parquet_dir, table_blocks
 
 
 def ids(blocks, seed, epoch, rank, world, batch_size=8, skip=0) -> list[int]:
@@ -58,3 +58,12 @@ def test_tables_and_sets_of_few_blocks_are_shared_row_by_row(tmp_path):
         a, b = ids(blocks, 0, 0, 0, 2), ids(blocks, 0, 0, 1, 2)
         assert len(a) == len(b) == 144 and not set(a) & set(b)  # 150 rows each: 18 batches of 8
         assert ids(blocks, 0, 1, 0, 2) != a and sorted(a) != a
+
+
+def test_holding_a_parquet_set_in_memory_does_not_change_its_order(chunks):
+    """``distill.transfer_cache: memory`` and ``stream`` train on the same rows in the same order."""
+    directory, _ = chunks
+    streamed = blocks_of(Rows(parquet=str(directory)), None)
+    held = blocks_of(Rows(table="ref", parquet=str(directory)), read_parquet_dir(directory))
+    for rank in (0, 1):
+        assert ids(held, 0, 4, rank, 2) == ids(streamed, 0, 4, rank, 2)

@@ -21,7 +21,7 @@ from xdray.distill.student import check_student
 from xdray.errors import XdrayError
 from xdray.label.run import check_labels
 from xdray.train.fit import finish_classifier, fit, make_spec, rows_source, run_name
-from xdray.train.order import read_parquet_dir
+from xdray.train.order import Rows, read_parquet_dir
 
 
 def student_data(cfg: XdrayConfig, train: LabeledSplit, dev: LabeledSplit, stages: list[dict],
@@ -37,7 +37,8 @@ def student_data(cfg: XdrayConfig, train: LabeledSplit, dev: LabeledSplit, stage
         check_labels(cfg, student_layers, any("hidden" in s["loss"] for s in stages))
         transfer = cfg.labels_dir / "transfer"
         keep = in_memory(cfg.distill.transfer_cache, transfer)
-        datasets["transfer"] = rows_source(read_parquet_dir(transfer)) if keep else str(transfer)
+        held = ray.put(read_parquet_dir(transfer)) if keep else None
+        datasets["transfer"] = Rows(table=held, parquet=str(transfer))
         if cfg.distill.teacher_mode == "offline":
             dev_table = pq.read_table(cfg.labels_dir / "dev")
     return datasets, dev_table

@@ -24,6 +24,7 @@ from xdray.data.tables import LabeledSplit
 from xdray.distill.batches import accuracy, predict
 from xdray.train.engine import TrainSpec
 from xdray.train.loop import PROGRESS, worker_loop
+from xdray.train.order import Rows
 from xdray.train.role import Role
 
 
@@ -67,7 +68,7 @@ def fit(
     callbacks: list | None = None,
 ) -> ray.train.Result:
     """Run one training job on Ray Train and return its result (raises if the job failed). ``datasets``: each
-    training set by name, as ``rows_source`` gives it. Workers that die are replaced up to ``max_failures``
+    training set by name, as ``train.order.Rows``. Workers that die are replaced up to ``max_failures``
     times and resume from the last checkpoint."""
     storage.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
@@ -90,9 +91,9 @@ def fit(
         return trainer.fit()
 
 
-def rows_source(rows: list[dict] | pa.Table) -> ray.ObjectRef:
-    """A training set held in the object store (one copy per node, read zero-copy by the workers)."""
-    return ray.put(rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows))
+def rows_source(rows: list[dict]) -> Rows:
+    """A training set of rows held in the object store (one copy per node, read zero-copy by the workers)."""
+    return Rows(table=ray.put(pa.Table.from_pylist(rows)))
 
 
 def _poll(path: Path):

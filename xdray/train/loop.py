@@ -32,7 +32,7 @@ from xdray.distill.schedule import Data, Phase, Position, evaluate, expand_stage
 from xdray.distill.student import encoder_blocks, param_counts
 from xdray.train import checkpoints
 from xdray.train.engine import DeepSpeedBackend, TrainSpec, build_engine, save_fp32
-from xdray.train.order import epoch_batches, parquet_blocks, plan_epoch, table_blocks
+from xdray.train.order import blocks_of, epoch_batches, plan_epoch
 from xdray.train.role import Built
 
 DEV_BATCH = 64
@@ -178,8 +178,8 @@ def _data(spec: TrainSpec, built: Built, device, objective_for, rank: int, world
             batch |= teacher_targets(built.teacher, batch, objective_for(phase))
         return batch
 
-    sources = {name: parquet_blocks(Path(src)) if isinstance(src, str) else table_blocks(ray.get(src))
-               for name, src in spec.train_data.items()}
+    sources = {name: blocks_of(rows, None if rows.table is None else ray.get(rows.table))
+               for name, rows in spec.train_data.items()}
 
     def train(phase: Phase, epoch: int, skip: int):
         blocks = sources[phase.data]

@@ -6,11 +6,11 @@ what order, cannot be reproduced. xdray's workers read their own rows instead, t
 ``DistributedSampler`` with ``set_epoch`` does:
 
 - a training set is a list of blocks: the row groups of the labelled Parquet chunks (``label.chunk_rows`` rows
-  each), or single rows of an in-memory table (the labeled train split, a transfer set kept in the object
-  store);
+  each; the same blocks when the set is held in the object store, so caching does not change the order), or
+  single rows of an in-memory table (the labeled train split);
 - each epoch permutes the blocks (seeded by ``seed`` and the epoch) and deals them to the ranks in turn (rows,
   when there are fewer than two blocks per rank), then shuffles each rank's rows within windows of ``window``
-  rows: an in-memory table is one permutation of all its rows; a streamed set holds about three windows;
+  rows: a table of single rows is one permutation of all of them; a streamed set holds about three windows;
 - every rank trains the same number of batches (the smallest share's rows // batch size); the rest of the
   epoch is left out, as Ray Data's equal split did.
 
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,23 +42,43 @@ class Blocks:
     """Rows shuffled together."""
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Where a training set is, as it travels to the workers: an in-memory table (an ObjectRef of one), a Parquet
+    directory on storage every node sees, or both (the directory's rows held in memory: same blocks, same
+    order as streaming them)."""
+
+    table: Any = None
+    parquet: str | None = None
+
+
 def table_blocks(table: pa.Table) -> Blocks:
     """Every row its own block, all in one window: an in-memory table costs nothing to index."""
     return Blocks(np.ones(table.num_rows, dtype=np.int64), lambda ids: table.take(pa.array(ids)),
                   max(table.num_rows, 1))
 
 
-def parquet_blocks(directory: Path, window: int = WINDOW_ROWS) -> Blocks:
-    """The row groups of every ``*.parquet`` file under ``directory``, in file order."""
+def parquet_blocks(directory: Path, window: int = WINDOW_ROWS, table: pa.Table | None = None) -> Blocks:
+    """The row groups of every ``*.parquet`` file under ``directory``, in file order; read from the files, or
+    from ``table`` when it holds the directory's rows (``read_parquet_dir``)."""
     groups = []
     for f in parquet_files(directory):
         meta = pq.ParquetFile(f).metadata
         groups += [(f, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    sizes = np.array([n for *_, n in groups], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
 
     def read(ids: np.ndarray) -> pa.Table:
+        if table is not None:
+            return table.take(pa.array(np.concatenate([np.arange(starts[b], starts[b + 1]) for b in ids])))
         return pa.concat_tables([pq.ParquetFile(groups[b][0]).read_row_group(groups[b][1]) for b in ids])
 
-    return Blocks(np.array([n for *_, n in groups], dtype=np.int64), read, window)
+    return Blocks(sizes, read, window)
+
+
+def blocks_of(rows: Rows, table: pa.Table | None) -> Blocks:
+    """The blocks of ``rows`` (``table``: its in-memory table, fetched by the caller)."""
+    return parquet_blocks(Path(rows.parquet), table=table) if rows.parquet else table_blocks(table)
 
 
 def parquet_files(directory: Path) -> list[Path]:
