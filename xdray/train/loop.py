@@ -169,8 +169,8 @@ def _data(spec: TrainSpec, built: Built, device, objective_for, rank: int, world
     """Batches for ``run_schedule``: this rank's rows of the phase's training set in the epoch's order
     (``train.order``) and its share of dev, each with the teacher targets the phase needs (from the Parquet,
     or from the frozen teacher in online mode)."""
-    dev_raw = table_batches(ray.get(spec.dev), DEV_BATCH)[rank::world] if sharded_dev else table_batches(
-        ray.get(spec.dev), DEV_BATCH)
+    dev_raw = table_batches(ray.get(spec.dev), DEV_BATCH)
+    dev_raw = dev_raw[rank::world] if sharded_dev else dev_raw
     dev_cache: dict[Objective, list[dict]] = {}
 
     def with_targets(batch: dict, phase: Phase) -> dict:
