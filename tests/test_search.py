@@ -27,7 +27,9 @@ from .conftest import tiny_config
 
 pytestmark = pytest.mark.slow
 
-GOOD, TOO_SMALL = 5e-3, 1e-7  # 1e-2 left a quarter of random backbones stuck at chance
+# 1e-2 left a quarter of random backbones stuck at chance; 5e-3 left this L1-H16 student at ln 2 for all 4 epochs
+# once the epoch order changed (2026-12-01); 3e-3 escaped the plateau by epoch 2 in both seeds tried
+GOOD, TOO_SMALL = 3e-3, 1e-7
 
 
 def xdray(log: Path, *args) -> subprocess.Popen:
