@@ -29,7 +29,9 @@ class TrainSpec:
     scratch: str  # DeepSpeed checkpoints of each phase's best epoch
     dev: Any  # ObjectRef of a pyarrow table: text + label rows, or the labelled dev split with teacher targets
     train_data: dict[str, Any] = field(default_factory=dict)
-    """Each training set a stage may read (``train``, ``transfer``), as ``train.order.Rows``."""
+    """Each training set a stage may read (``train``, ``transfer``), as ``train.order.Rows``. ``train.fit.fit``
+    fills it from its ``datasets`` when it starts the workers: the driver's spec holds none (so ObjectRefs stay
+    out of the run's name)."""
     role: Any = None  # a ``train.role.Role``: what the workers build, how they batch rows and score dev
     seed: int = 0
     representation: dict = field(default_factory=lambda: RepresentationConfig().model_dump())
