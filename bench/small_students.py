@@ -3,10 +3,13 @@
 
 Runs `xdray teacher`, `xdray label` (both reused when finished) and `xdray search` in ``--out``, then prints one
 JSON line: every trial's architecture and dev accuracy, the dev set's majority-class share, and how many trials
-ended at it (within one dev row). ``--code DIR`` runs the search step with another checkout of xdray (an older
-commit, say) on the same teacher and labels, for a before/after comparison.
+ended at it (within one dev row). ``--base DIR`` copies the teacher and labels of a finished run instead, and
+``--code DIR`` runs the search step with another checkout of xdray (an older commit, say): together, a
+before/after comparison on the same teacher and labels. ``--schedule quickstart`` trains every trial on `jobs/quickstart.yaml`'s stages instead (hidden
+states, gradual unfreezing, then labels: the schedule of `make demo`, where the collapse was first seen) and
+offers one attention head as well.
 
-``python bench/small_students.py [--out outputs/bench/small] [--code DIR]``
+``python bench/small_students.py [--out outputs/bench/small] [--schedule search|quickstart] [--base DIR] [--code DIR]``
 """
 
 from __future__ import annotations
@@ -27,15 +30,19 @@ SPACE = {"layers": [1, 2, 3], "hidden": [64, 128], "heads": [2, 4], "ffn_ratio":
          "embedding_factor": [0.5, 1.0]}
 
 
-def config(out: Path) -> Path:
+def config(out: Path, schedule: str) -> Path:
     raw = yaml.safe_load((ROOT / "jobs" / "search_quickstart.yaml").read_text())
+    space = dict(SPACE)
+    if schedule == "quickstart":
+        raw["distill"]["stages"] = yaml.safe_load((ROOT / "jobs" / "quickstart.yaml").read_text())["distill"]["stages"]
+        space["heads"] = [1, 2, 4]
     for key in ("train", "dev", "test"):
         raw["data"][key] = str(ROOT / raw["data"][key])
     raw["data"]["transfer"] = [str(ROOT / p) for p in raw["data"]["transfer"]]
     raw["teacher"]["backbone"] = str(ROOT / raw["teacher"]["backbone"])
     raw["output_dir"] = str(out)
     raw["mlflow"] = {"tracking_uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "xdray-bench-small"}
-    raw["search"] |= {"space": SPACE, "num_samples": 10, "sampler": "random", "budget": {"latency_ms": None}}
+    raw["search"] |= {"space": space, "num_samples": 10, "sampler": "random", "budget": {"latency_ms": None}}
     path = out / "job.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -43,7 +50,7 @@ def config(out: Path) -> Path:
 
 def xdray(command: str, job: Path, code: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(code)}
-    proc = subprocess.run([sys.executable, "-m", "xdray.cli", command, str(job)], cwd=code, env=env)
+    proc = subprocess.run([sys.executable, "-m", "xdray.cli", command, str(job)], check=False, cwd=code, env=env)
     if proc.returncode:
         sys.exit(f"xdray {command} failed (exit {proc.returncode}); see {job.parent / 'logs'}")
 
@@ -51,16 +58,17 @@ def xdray(command: str, job: Path, code: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/small"))
+    parser.add_argument("--schedule", choices=("search", "quickstart"), default="search")
     parser.add_argument("--code", type=Path, default=ROOT, help="the xdray checkout whose search step runs")
+    parser.add_argument("--base", type=Path, help="a finished run whose teacher and labels are copied")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    job = config(out)
-    if args.code.resolve() != ROOT:  # the teacher and labels of this checkout's run, copied
-        mine = Path("outputs/bench/small").resolve()
+    job = config(out, args.schedule)
+    if args.base:
         for step in ("teacher", "label"):
             if not (out / step).exists():
-                shutil.copytree(mine / step, out / step)
+                shutil.copytree(args.base.resolve() / step, out / step)
     else:
         xdray("teacher", job, ROOT)
         xdray("label", job, ROOT)
@@ -73,7 +81,7 @@ def main() -> None:
     trials = [{"arch": t["arch"], "dev_accuracy": round(t["dev_accuracy"], 4), "status": t["status"]}
               for t in summary["trials"]]
     collapsed = [t for t in trials if abs(t["dev_accuracy"] - majority) <= 1 / len(dev) + 1e-9]
-    print(json.dumps({"bench": "small_students", "code": str(args.code.resolve()), "majority_share": round(majority, 4),
+    print(json.dumps({"bench": "small_students", "schedule": args.schedule, "code": str(args.code.resolve()), "majority_share": round(majority, 4),
                       "trials": trials, "collapsed": len(collapsed), "completed": summary["completed"]}))
 
 

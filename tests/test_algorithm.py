@@ -241,6 +241,29 @@ def test_teacher_layers_and_pretrained_init_copy_blocks(tmp_path):
             build_student(spec.model_copy(update=wrong), teacher, 2)
 
 
+def _cls_spread(teacher, hidden: int, init_std: float | None) -> float:
+    """How much a fresh student's top [CLS] state varies across inputs, relative to its norm."""
+    spec = StudentConfig(layers=2, hidden=hidden, heads=2, embeddings="random", init_std=init_std)
+    student = build_student(spec, teacher, 2).eval()
+    ids = torch.randint(4, 90, (64, 24), generator=torch.Generator().manual_seed(1))
+    ids[:, 0] = 2  # every row starts with the same [CLS] token
+    with torch.no_grad():
+        cls = student(input_ids=ids, output_hidden_states=True).hidden_states[-1][:, 0]
+    return float(cls.std(0).norm() / cls.mean(0).norm())
+
+
+def test_random_init_scales_with_width_so_narrow_students_start_input_dependent():
+    """BERT's fixed 0.02 leaves an H16 student's [CLS] 50x less input-dependent than an H768 one's (the
+    majority-class plateau of small students); scaled to the width, every width starts alike."""
+    teacher = _teacher()
+    assert build_student(StudentConfig(hidden=192, heads=2), teacher, 2).config.initializer_range == pytest.approx(0.04)
+    scaled = {h: _cls_spread(teacher, h, None) for h in (16, 768)}
+    fixed = {h: _cls_spread(teacher, h, 0.02) for h in (16, 768)}
+    assert 0.5 < scaled[16] / scaled[768] < 2
+    assert fixed[16] / fixed[768] < 0.1
+    assert fixed[768] == pytest.approx(scaled[768])  # BERT-base's width keeps BERT's init
+
+
 def test_a_narrower_ffn_keeps_the_source_neurons_that_matter():
     """Half of each teacher FFN is made inert (zero input weights and bias: GELU(0) = 0); pruning to the other half
     must then reproduce the teacher exactly, and pick the neurons by weight norm, not by position."""

@@ -8,6 +8,9 @@
   and heads must match the source; a narrower FFN keeps the source's most important neurons.
 - Word embeddings: ``pca`` (the teacher's matrix projected onto its top principal components — also how the
   student takes on the teacher's vocabulary), ``copy`` (from the init source) or ``random``.
+- Random weights are drawn with a std scaled to the width (``StudentConfig.initializer_range``), not BERT's
+  fixed 0.02: at 0.02 every residual branch of a narrow student starts so small that its [CLS] state barely
+  depends on the input, and small students could stay at the majority class.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: i
         type_vocab_size=getattr(teacher, "type_vocab_size", 2),
         pad_token_id=getattr(teacher, "pad_token_id", 0) or 0,
         hidden_act="gelu",
+        initializer_range=spec.initializer_range,
         num_labels=num_labels,
     )
     if len(teacher.id2label) == num_labels:
