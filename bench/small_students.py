@@ -5,9 +5,14 @@ Runs `xdray teacher`, `xdray label` (both reused when finished) and `xdray searc
 JSON line: every trial's architecture and dev accuracy, the dev set's majority-class share, and how many trials
 ended at it (within one dev row). ``--base DIR`` copies the teacher and labels of a finished run instead, and
 ``--code DIR`` runs the search step with another checkout of xdray (an older commit, say): together, a
-before/after comparison on the same teacher and labels. ``--schedule quickstart`` trains every trial on `jobs/quickstart.yaml`'s stages instead (hidden
-states, gradual unfreezing, then labels: the schedule of `make demo`, where the collapse was first seen) and
-offers one attention head as well.
+before/after comparison on the same teacher and labels. ``--schedule quickstart`` trains every trial on
+`jobs/quickstart.yaml`'s stages instead (hidden states, gradual unfreezing, then labels: the schedule of
+`make demo`, where the collapse was first seen) and offers one attention head as well.
+
+It also prints ``init_cls_spread``: for fresh L2 students of several widths (this checkout's builder, PCA
+embeddings from the run's teacher), how much the top [CLS] state varies over 256 dev sentences relative to its
+norm, at BERT's fixed init std 0.02 and at the width-scaled default. Near zero means the student starts on the
+majority-class plateau.
 
 ``python bench/small_students.py [--out outputs/bench/small] [--schedule search|quickstart] [--base DIR] [--code DIR]``
 """
@@ -48,6 +53,29 @@ def config(out: Path, schedule: str) -> Path:
     return path
 
 
+def init_spread(out: Path, dev_texts: list[str]) -> dict[int, dict[str, float]]:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from xdray.config import StudentConfig
+    from xdray.distill.batches import collate, model_inputs
+    from xdray.distill.student import build_student
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(out / "teacher" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "data" / "samples" / "minilm-l6")
+    batch = model_inputs(collate({"text": np.array(dev_texts[:256])}, tokenizer, 64, "cpu"))
+    spread = {}
+    for hidden in (16, 64, 128, 256, 384):
+        spread[hidden] = {}
+        for name, std in (("fixed_0.02", 0.02), ("scaled", None)):
+            spec = StudentConfig(layers=2, hidden=hidden, heads=2, embeddings="pca", init_std=std)
+            with torch.no_grad():
+                cls = build_student(spec, teacher, 2).eval()(**batch, output_hidden_states=True).hidden_states[-1][:, 0]
+            spread[hidden][name] = round(float(cls.std(0).norm() / cls.mean(0).norm()), 4)
+    return spread
+
+
 def xdray(command: str, job: Path, code: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.run([sys.executable, "-m", "xdray.cli", command, str(job)], check=False, cwd=code, env=env)
@@ -75,14 +103,16 @@ def main() -> None:
     if not (out / "search" / "summary.json").is_file():
         xdray("search", job, args.code.resolve())
     summary = json.loads((out / "search" / "summary.json").read_text())
-    dev = [int(line.split("\t")[-1]) for line in Path(yaml.safe_load(job.read_text())["data"]["dev"]).read_text()
-           .splitlines()[1:] if line.strip()]
+    rows = [line.rsplit("\t", 1) for line in Path(yaml.safe_load(job.read_text())["data"]["dev"]).read_text()
+            .splitlines()[1:] if line.strip()]
+    dev = [int(label) for _, label in rows]
     majority = max(Counter(dev).values()) / len(dev)
     trials = [{"arch": t["arch"], "dev_accuracy": round(t["dev_accuracy"], 4), "status": t["status"]}
               for t in summary["trials"]]
     collapsed = [t for t in trials if abs(t["dev_accuracy"] - majority) <= 1 / len(dev) + 1e-9]
-    print(json.dumps({"bench": "small_students", "schedule": args.schedule, "code": str(args.code.resolve()), "majority_share": round(majority, 4),
-                      "trials": trials, "collapsed": len(collapsed), "completed": summary["completed"]}))
+    print(json.dumps({"bench": "small_students", "schedule": args.schedule, "code": str(args.code.resolve()),
+                      "majority_share": round(majority, 4), "trials": trials, "collapsed": len(collapsed),
+                      "completed": summary["completed"], "init_cls_spread": init_spread(out, [t for t, _ in rows])}))
 
 
 if __name__ == "__main__":
