@@ -11,8 +11,8 @@ before/after comparison on the same teacher and labels. ``--schedule quickstart`
 
 It also prints ``init_cls_spread``: for fresh L2 students of several widths (this checkout's builder, PCA
 embeddings from the run's teacher), how much the top [CLS] state varies over 256 dev sentences relative to its
-norm, at BERT's fixed init std 0.02 and at the width-scaled default. Near zero means the student starts on the
-majority-class plateau.
+norm, at BERT's init std 0.02 and at ``init_std: width``. Near zero means the student starts on the
+majority-class plateau. ``--init-std`` sets ``distill.student.init_std`` for every trial (0.02 or width).
 
 ``python bench/small_students.py [--out outputs/bench/small] [--schedule search|quickstart] [--base DIR] [--code DIR]``
 """
@@ -35,8 +35,10 @@ SPACE = {"layers": [1, 2, 3], "hidden": [64, 128], "heads": [2, 4], "ffn_ratio":
          "embedding_factor": [0.5, 1.0]}
 
 
-def config(out: Path, schedule: str) -> Path:
+def config(out: Path, schedule: str, init_std: str | None) -> Path:
     raw = yaml.safe_load((ROOT / "jobs" / "search_quickstart.yaml").read_text())
+    if init_std:
+        raw["distill"]["student"]["init_std"] = init_std if init_std == "width" else float(init_std)
     space = dict(SPACE)
     if schedule == "quickstart":
         raw["distill"]["stages"] = yaml.safe_load((ROOT / "jobs" / "quickstart.yaml").read_text())["distill"]["stages"]
@@ -68,7 +70,7 @@ def init_spread(out: Path, dev_texts: list[str]) -> dict[int, dict[str, float]]:
     spread = {}
     for hidden in (16, 64, 128, 256, 384):
         spread[hidden] = {}
-        for name, std in (("fixed_0.02", 0.02), ("scaled", None)):
+        for name, std in (("fixed_0.02", 0.02), ("width", "width")):
             spec = StudentConfig(layers=2, hidden=hidden, heads=2, embeddings="pca", init_std=std)
             with torch.no_grad():
                 cls = build_student(spec, teacher, 2).eval()(**batch, output_hidden_states=True).hidden_states[-1][:, 0]
@@ -89,10 +91,11 @@ def main() -> None:
     parser.add_argument("--schedule", choices=("search", "quickstart"), default="search")
     parser.add_argument("--code", type=Path, default=ROOT, help="the xdray checkout whose search step runs")
     parser.add_argument("--base", type=Path, help="a finished run whose teacher and labels are copied")
+    parser.add_argument("--init-std", help="distill.student.init_std for every trial: a number, or width")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    job = config(out, args.schedule)
+    job = config(out, args.schedule, args.init_std)
     if args.base:
         for step in ("teacher", "label"):
             if not (out / step).exists():

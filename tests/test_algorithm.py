@@ -241,7 +241,7 @@ def test_teacher_layers_and_pretrained_init_copy_blocks(tmp_path):
             build_student(spec.model_copy(update=wrong), teacher, 2)
 
 
-def _cls_spread(teacher, hidden: int, init_std: float | None) -> float:
+def _cls_spread(teacher, hidden: int, init_std: float | str) -> float:
     """How much a fresh student's top [CLS] state varies across inputs, relative to its norm."""
     spec = StudentConfig(layers=2, hidden=hidden, heads=2, embeddings="random", init_std=init_std)
     student = build_student(spec, teacher, 2).eval()
@@ -252,12 +252,14 @@ def _cls_spread(teacher, hidden: int, init_std: float | None) -> float:
     return float(cls.std(0).norm() / cls.mean(0).norm())
 
 
-def test_random_init_scales_with_width_so_narrow_students_start_input_dependent():
+def test_init_std_width_scales_with_width_so_narrow_students_start_input_dependent():
     """BERT's fixed 0.02 leaves an H16 student's [CLS] 50x less input-dependent than an H768 one's (the
-    majority-class plateau of small students); scaled to the width, every width starts alike."""
+    majority-class plateau of small students); ``init_std: width`` starts every width alike."""
     teacher = _teacher()
-    assert build_student(StudentConfig(hidden=192, heads=2), teacher, 2).config.initializer_range == pytest.approx(0.04)
-    scaled = {h: _cls_spread(teacher, h, None) for h in (16, 768)}
+    assert build_student(StudentConfig(hidden=192, heads=2), teacher, 2).config.initializer_range == 0.02
+    wide = StudentConfig(hidden=192, heads=2, init_std="width")
+    assert build_student(wide, teacher, 2).config.initializer_range == pytest.approx(0.04)
+    scaled = {h: _cls_spread(teacher, h, "width") for h in (16, 768)}
     fixed = {h: _cls_spread(teacher, h, 0.02) for h in (16, 768)}
     assert 0.5 < scaled[16] / scaled[768] < 2
     assert fixed[16] / fixed[768] < 0.1

@@ -34,15 +34,16 @@ class StudentConfig(Section):
     init source; ``random``."""
     freeze_embeddings: bool = False
     """Keep the word/position embeddings fixed in every stage (the paper's frozen-PCA variant)."""
-    init_std: float | None = Field(None, gt=0)
-    """Std of the randomly initialised weights (the HF config's ``initializer_range``); None = 0.02 x
-    sqrt(768 / hidden): BERT's 0.02 at BERT-base's width, scaled to the student's. A fixed 0.02 leaves narrow
-    students' [CLS] state almost input-independent at init (H64: 0.6% of its norm varies across inputs), a
-    plateau at the majority class that training may never leave."""
+    init_std: float | Literal["width"] = 0.02
+    """Std of the randomly initialised weights (the HF config's ``initializer_range``; BERT's 0.02 by default).
+    ``width``: 0.02 x sqrt(768 / hidden), BERT's value at BERT-base's width scaled to the student's. At 0.02 a
+    narrow student's [CLS] state barely depends on its input at init (H64: 0.6% of its norm varies across
+    inputs), a plateau at the majority class; ``width`` took every small student of the demo's schedule off it
+    (docs/benchmarks.md), but left an L1-H16 student on the tests' tiny task at chance, so it is opt-in."""
 
     @property
     def initializer_range(self) -> float:
-        return self.init_std or 0.02 * math.sqrt(768 / self.hidden)
+        return 0.02 * math.sqrt(768 / self.hidden) if self.init_std == "width" else self.init_std
 
     @property
     def ffn_width(self) -> int:
@@ -58,6 +59,8 @@ class StudentConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudentConfig:
+        if self.init_std != "width" and self.init_std <= 0:
+            raise ValueError(f"init_std={self.init_std} must be positive; fix: use e.g. 0.02, or width")
         if self.hidden % self.heads:
             raise ValueError(
                 f"hidden={self.hidden} is not divisible by heads={self.heads}; "

@@ -8,9 +8,9 @@
   and heads must match the source; a narrower FFN keeps the source's most important neurons.
 - Word embeddings: ``pca`` (the teacher's matrix projected onto its top principal components — also how the
   student takes on the teacher's vocabulary), ``copy`` (from the init source) or ``random``.
-- Random weights are drawn with a std scaled to the width (``StudentConfig.initializer_range``), not BERT's
-  fixed 0.02: at 0.02 every residual branch of a narrow student starts so small that its [CLS] state barely
-  depends on the input, and small students could stay at the majority class.
+- Random weights are drawn with ``StudentConfig.initializer_range``: BERT's 0.02, or (``init_std: width``)
+  scaled to the width, since at 0.02 every residual branch of a narrow student starts so small that its [CLS]
+  state barely depends on the input.
 """
 
 from __future__ import annotations
