@@ -39,7 +39,8 @@ class StudentConfig(Section):
     ``width``: 0.02 x sqrt(768 / hidden), BERT's value at BERT-base's width scaled to the student's. At 0.02 a
     narrow student's [CLS] state barely depends on its input at init (H64: 0.6% of its norm varies across
     inputs), a plateau at the majority class; ``width`` took every small student of the demo's schedule off it
-    (docs/benchmarks.md), but left an L1-H16 student on the tests' tiny task at chance, so it is opt-in."""
+    (docs/benchmarks.md). Opt-in until the quality benchmark has run with it: as the default it made an L1-H16
+    student at lr 5e-3 numerically chaotic (ZeRO-2 and ZeRO-3 loss curves 0.6% apart)."""
 
     @property
     def initializer_range(self) -> float:
