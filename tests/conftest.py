@@ -15,6 +15,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray Train's controller takes one result per worker every 2 s by default and a worker's next report waits for
+# it; the tiny test runs report every few steps, so that wait was much of their time. Child processes (the CLI,
+# `ray start`, job drivers) inherit it. A missed poll is tolerated for 10 minutes, so a loaded machine is safe.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own stores
 
 POSITIVE = ["great", "wonderful", "moving", "brilliant", "charming", "superb", "delightful", "funny"]
