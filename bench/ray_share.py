@@ -1,0 +1,125 @@
+"""What share of a small machine Ray itself takes while one Ray Train worker computes: the ceiling on
+``distill_throughput``'s ``ratio_vs_bare`` for a 1-worker job that has every core.
+
+The same fixed fp32 workload (``torch.mm`` of two 1024² matrices, in a loop, on every core's thread) runs for
+``--seconds`` in this process (bare), then inside a 1-worker Ray Train v2 job on a local Ray started as
+``xdray`` starts one (``address=local``, at least 4 logical CPUs) with every core reserved, then bare again.
+While the worker computes, the CPU time of every process on the machine is sampled from ``/proc`` over the
+middle of the window: the worker's share, and that of everything else (Ray's GCS, raylet, dashboard and its
+agents, the Train controller and its support actors, idle workers).
+
+Prints one JSON line: ``ratio`` (the Ray Train worker's matmuls/s over the mean of the two bare runs),
+``worker_cpu_share`` and ``others_cpu_share`` (fractions of the machine), and the busiest other processes.
+``--no-dashboard`` starts Ray without its dashboard (Ray Jobs need it, so a cluster cannot do without it).
+
+    python bench/ray_share.py [--seconds 40] [--no-dashboard]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+
+import torch
+
+N = 1024
+
+
+def matmuls_per_s(seconds: float, threads: int) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(N, N), torch.randn(N, N)
+    torch.mm(a, b)
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        done += 1
+    return done / (time.perf_counter() - t0)
+
+
+def cpu_times() -> dict[int, tuple[float, str]]:
+    """Every process's user + system CPU seconds and its command line (first 80 characters)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            command = open(f"/proc/{pid}/cmdline").read().replace("\0", " ").strip()[:80]
+        except OSError:
+            continue
+        out[int(pid)] = ((int(fields[11]) + int(fields[12])) / tick, command)
+    return out
+
+
+def sample(start: float, length: float, into: dict) -> None:
+    time.sleep(start)
+    before = cpu_times()
+    t0 = time.perf_counter()
+    time.sleep(length)
+    after, wall = cpu_times(), time.perf_counter() - t0
+    into["shares"] = {pid: ((after[pid][0] - before[pid][0]) / wall, after[pid][1]) for pid in after if pid in before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=40)
+    parser.add_argument("--no-dashboard", action="store_true")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    bare_before = matmuls_per_s(args.seconds, cores)
+
+    import ray
+    import ray.train
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ray.init(address="local", num_cpus=max(4, cores), include_dashboard=not args.no_dashboard,
+             log_to_driver=False)
+    try:
+        seconds = args.seconds
+
+        def work(config: dict) -> None:
+            ray.train.report({"matmuls_per_s": matmuls_per_s(seconds, cores), "pid": os.getpid()})
+
+        sampled: dict = {}
+        trainer = TorchTrainer(work, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": cores}))
+
+        # the worker's loop starts after Ray Train's start-up: sample once the worker process is computing
+        def start_watch() -> None:
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                busy = [p for p, (_, c) in cpu_times().items() if c.startswith("ray::RayTrainWorker")]
+                if busy:
+                    sample(min(5.0, seconds / 4), seconds / 2, sampled)
+                    return
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=start_watch, daemon=True)
+        watcher.start()
+        result = trainer.fit()
+        watcher.join(timeout=seconds)
+    finally:
+        ray.shutdown()
+    bare_after = matmuls_per_s(args.seconds, cores)
+    in_ray = result.metrics["matmuls_per_s"]
+    shares = sampled.get("shares", {})
+    worker = sum(s for s, c in shares.values() if c.startswith("ray::RayTrainWorker"))
+    others: dict[str, float] = {}
+    for s, c in shares.values():  # this driver included: xdray's pipeline process is one too
+        if not c.startswith("ray::RayTrainWorker") and s > 0:
+            others[c or "?"] = others.get(c or "?", 0.0) + s
+    print(json.dumps({
+        "bench": "ray_share", "cpu_count": cores, "seconds": args.seconds, "dashboard": not args.no_dashboard,
+        "bare_matmuls_per_s": [round(bare_before, 2), round(bare_after, 2)],
+        "ray_matmuls_per_s": round(in_ray, 2),
+        "ratio": round(in_ray / ((bare_before + bare_after) / 2), 3),
+        "worker_cpu_share": round(worker / cores, 3),
+        "others_cpu_share": round(sum(others.values()) / cores, 3),
+        "others_processes": sum(1 for s, c in shares.values() if s > 0 and not c.startswith("ray::RayTrainWorker")),
+        "busiest_others": {c: round(s / cores, 4) for c, s in sorted(others.items(), key=lambda kv: -kv[1])[:8]},
+    }))
+
+
+if __name__ == "__main__":
+    main()
