@@ -73,6 +73,22 @@ def checkpoints(cfg) -> list[Path]:
     return sorted(cfg.step_dir("distill").glob("ray/distill-*/checkpoint_*/schedule.json"))
 
 
+def settled_steps(cfg, quiet: float = 5.0, limit: float = 60.0) -> set[int]:
+    """The steps of the run's checkpoints once neither they nor the controller's snapshot have changed for
+    ``quiet`` seconds."""
+    def state():
+        snapshot = list(cfg.step_dir("distill").glob("ray/distill-*/checkpoint_manager_snapshot.json"))
+        return [str(p) for p in checkpoints(cfg)], [p.stat().st_mtime_ns for p in snapshot]
+
+    last, since, deadline = state(), time.time(), time.time() + limit
+    while time.time() - since < quiet and time.time() < deadline:
+        time.sleep(0.5)
+        now = state()
+        if now != last:
+            last, since = now, time.time()
+    return {read_json(p)["step"] for p in checkpoints(cfg)}
+
+
 def test_a_restarted_driver_resumes_from_the_last_checkpoint(job):
     path = variant(job, "restart")
     cfg = load_config(path)
@@ -86,8 +102,10 @@ def test_a_restarted_driver_resumes_from_the_last_checkpoint(job):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     assert not (cfg.step_dir("distill") / "summary.json").exists()
-    # the resume starts from the latest checkpoint the run had registered: the newest upload may not be yet
-    saved = {read_json(p)["step"] for p in checkpoints(cfg)}
+    # the resume starts from the latest checkpoint the run had registered: the newest upload may not be yet.
+    # Ray's workers are not in the driver's process group: for a second or two after the kill the controller
+    # and workers live on, and may upload and register one more checkpoint, so read them once that settles.
+    saved = settled_steps(cfg)
 
     again = xdray("distill", str(path))
     out, _ = again.communicate(timeout=600)
