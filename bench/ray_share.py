@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 N = 1024
@@ -43,14 +44,11 @@ def matmuls_per_s(seconds: float, threads: int) -> float:
 
 def cpu_times() -> dict[int, tuple[float, str]]:
     """Every process's user + system CPU seconds and its command line (first 80 characters)."""
-    tick, out = os.sysconf("SC_CLK_TCK"), {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            command = open(f"/proc/{pid}/cmdline").read().replace("\0", " ").strip()[:80]
-        except OSError:
-            continue
-        out[int(pid)] = ((int(fields[11]) + int(fields[12])) / tick, command)
+    out = {}
+    for proc in psutil.process_iter(["cpu_times", "cmdline"]):
+        times, cmdline = proc.info["cpu_times"], proc.info["cmdline"]
+        if times is not None:  # None: access denied, or the process ended while being read
+            out[proc.pid] = (times.user + times.system, " ".join(cmdline or []).strip()[:80])
     return out
 
 
@@ -72,15 +70,13 @@ def main() -> None:
     bare_before = matmuls_per_s(args.seconds, cores)
 
     import ray
-    import ray.train
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ray.init(address="local", num_cpus=max(4, cores), include_dashboard=not args.no_dashboard,
              log_to_driver=False)
+    seconds = args.seconds
     try:
-        seconds = args.seconds
-
         figure = Path(tempfile.mkdtemp()) / "matmuls_per_s"  # Train v2's Result carries checkpointed metrics only
 
         def work(config: dict) -> None:
@@ -93,8 +89,7 @@ def main() -> None:
         def start_watch() -> None:
             deadline = time.time() + 300
             while time.time() < deadline:
-                busy = [p for p, (_, c) in cpu_times().items() if c.startswith("ray::RayTrainWorker")]
-                if busy:
+                if any(c.startswith("ray::RayTrainWorker") for _, c in cpu_times().values()):
                     sample(min(5.0, seconds / 4), seconds / 2, sampled)
                     return
                 time.sleep(0.5)
@@ -107,21 +102,23 @@ def main() -> None:
         ray.shutdown()
     bare_after = matmuls_per_s(args.seconds, cores)
     in_ray = float(figure.read_text())
-    shares = sampled.get("shares", {})
-    worker = sum(s for s, c in shares.values() if c.startswith("ray::RayTrainWorker"))
-    others: dict[str, float] = {}
-    for s, c in shares.values():  # this driver included: xdray's pipeline process is one too
-        if not c.startswith("ray::RayTrainWorker") and s > 0:
-            others[c or "?"] = others.get(c or "?", 0.0) + s
+    if "shares" not in sampled:
+        raise SystemExit("ray_share: the Ray Train worker was never seen computing, so no CPU shares were sampled")
+    worker, others = 0.0, {}
+    for share, command in sampled["shares"].values():  # this driver counts as an other: xdray's pipeline is one too
+        if command.startswith("ray::RayTrainWorker"):
+            worker += share
+        elif share > 0:
+            others.setdefault(command or "?", []).append(share)
     print(json.dumps({
         "bench": "ray_share", "cpu_count": cores, "seconds": args.seconds, "dashboard": not args.no_dashboard,
         "bare_matmuls_per_s": [round(bare_before, 2), round(bare_after, 2)],
         "ray_matmuls_per_s": round(in_ray, 2),
         "ratio": round(in_ray / ((bare_before + bare_after) / 2), 3),
         "worker_cpu_share": round(worker / cores, 3),
-        "others_cpu_share": round(sum(others.values()) / cores, 3),
-        "others_processes": sum(1 for s, c in shares.values() if s > 0 and not c.startswith("ray::RayTrainWorker")),
-        "busiest_others": {c: round(s / cores, 4) for c, s in sorted(others.items(), key=lambda kv: -kv[1])[:8]},
+        "others_cpu_share": round(sum(map(sum, others.values())) / cores, 3),
+        "others_processes": sum(map(len, others.values())),
+        "busiest_others": {c: round(sum(v) / cores, 4) for c, v in sorted(others.items(), key=lambda kv: -sum(kv[1]))[:8]},
     }))
 
 
