@@ -4,6 +4,7 @@ the same command excused). Light on purpose: a bad path is reported in a second,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from xdray.config import ConfigError, XdrayConfig, looks_local
@@ -13,15 +14,18 @@ STEPS = ("teacher", "label", "distill", "search")
 
 def pipeline_steps(cfg: XdrayConfig) -> tuple[str, ...]:
     """What ``xdray pipeline`` runs: the distillation steps when the config has a source task, then transfer
-    when it has target tasks."""
-    return (STEPS if cfg.data is not None else ()) + (("transfer",) if cfg.transfer is not None else ())
+    when it has target tasks, then export when it has an export section."""
+    return ((STEPS if cfg.data is not None else ()) + (("transfer",) if cfg.transfer is not None else ())
+            + (("export",) if cfg.export is not None else ()))
 
 
 def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
     """Fail before any Ray work when an input of ``steps`` is missing (upstream steps in ``steps`` excused)."""
+    if "export" in steps:
+        _check_export(cfg, steps)
     if "transfer" in steps:
         _check_transfer(cfg, "distill" in steps)
-    if set(steps) <= {"transfer"}:
+    if set(steps) <= {"transfer", "export"}:
         return
     for key in ("data", "teacher"):
         if getattr(cfg, key) is None:
@@ -67,6 +71,27 @@ def _check_transfer(cfg: XdrayConfig, distilled_here: bool) -> None:
                             "run `xdray data transfer-sets` or correct the path")
         if task.preset is None:  # every label problem, before Ray or MLflow start (presets load in the step)
             load_task(task, cfg.seed)
+
+
+def _check_export(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
+    if cfg.export is None:
+        raise ConfigError("export: required for xdray export; fix: add an export section (e.g. export: {model: "
+                          "distill}; see docs/config.md)")
+    model = cfg.export.model if cfg.export.model != "auto" else ("distill" if cfg.data is not None else "transfer")
+    made_here = model.split("/")[0] in steps or (model == "teacher" and "teacher" in steps)
+    if not made_here:
+        path, _ = cfg.export_model
+        _must_exist(path / "config.json", "export.model", "run the step that writes it first, or point export.model "
+                    "at a saved HF model directory")
+        try:
+            json.loads((path / "config.json").read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ConfigError(f"export.model: {path / 'config.json'} is not valid JSON; fix: re-run the step that "
+                              "wrote the model, or point export.model at a complete HF model directory") from None
+    if cfg.export.data not in (None, "source") or cfg.data is None:
+        return
+    for key in ("dev", "test"):
+        _must_exist(getattr(cfg.data, key), f"data.{key}")
 
 
 def _must_exist(path: Path, key: str, fix: str = "run `xdray data samples` or correct the path") -> None:

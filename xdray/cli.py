@@ -14,12 +14,13 @@ from pathlib import Path
 from xdray.errors import XdrayError
 
 COMMANDS = {
-    "pipeline": "teacher → label → distill → search, skipping steps whose outputs are complete",
+    "pipeline": "teacher → label → distill → search (→ transfer → export), skipping steps whose outputs are complete",
     "teacher": "fine-tune the teacher on the labeled train split (Ray Train + DeepSpeed)",
     "label": "label the transfer corpus with the teacher (Ray Data actor pool) into Parquet",
     "distill": "distil the student with the configured schedule (default: the paper's progressive one) on Ray Train + DeepSpeed",
     "search": "search student architectures with Ray Tune, every trial on the same Parquet",
     "transfer": "fine-tune the distilled student (or any HF encoder) on target tasks: classes, pairs, NER, regression",
+    "export": "export a trained model to ONNX fp32 and int8, checked against torch on dev/test, with a latency table",
 }
 
 

@@ -44,6 +44,10 @@ def _step_fn(step: str):
         from xdray.transfer.run import run_transfer
 
         return run_transfer
+    if step == "export":
+        from xdray.export.run import run_export
+
+        return run_export
     from xdray.distill.run import run_distill
 
     return run_distill
@@ -70,6 +74,13 @@ def headline(step: str, summary: dict) -> str:
         best = summary["best"]
         return (f"{summary['completed']} of {len(summary['trials'])} trials trained; best {best['arch']} "
                 f"(dev {best['dev_accuracy']:.1%}, {best['params'] / 1e6:.2f}M params)")
+    if step == "export":
+        int8, fp32 = (summary["metrics"][v]["test"]["score"] for v in ("onnx_int8", "onnx_fp32"))
+        speed = summary["speedup_vs_teacher"]
+        faster = f", {speed['onnx_int8']:.1f}x the teacher" if speed else ""
+        ms = summary["latency_ms"]["onnx_int8"][f"b{summary['latency_batch']}"]
+        return (f"ONNX fp32 within {summary['onnx_max_abs_diff']:.1e} of torch; int8 test score {int8:.3f} "
+                f"(fp32 {fp32:.3f}), {ms:.2f} ms/sentence{faster}")
     return ", ".join(f"{name} test {r['metric']} {r['test']['score']:.3f}" for name, r in summary["tasks"].items())
 
 

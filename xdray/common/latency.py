@@ -4,34 +4,46 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from xdray.common.hf import load_classifier
 
+Loader = Callable[[str], tuple]
+"""``loader(path)`` → (model, tokenizer): anything called as ``model(**encoding)``."""
+
 
 def measure_latency(model_dirs: list[Path], texts: list[str], max_length: int, batch_sizes: list[int],
                     threads: int = 1, device: str = "cpu", resources: dict[str, float] | None = None,
-                    loader=load_classifier) -> tuple[list[dict[int, float]], str]:
+                    loader: Loader | list[Loader] = load_classifier, rounds: int = 1) -> tuple[list[dict[int, float]], str]:
     """``latency_ms`` of each model, one after the other in one Ray task that reserves what it measures on:
     ``threads`` CPUs, a GPU for ``cuda``, and any custom ``resources`` (the nodes whose hardware you serve on).
-    Returns the figures and the node's id. Scheduled outside any placement group (a Tune trial's holds only its
-    driver's fraction of a CPU)."""
+    ``loader`` is one for all models or one per model. With several ``rounds`` the order rotates each round and
+    each figure is the model's fastest round, so no model always runs first or last. Returns the figures and the
+    node's id. Scheduled outside any placement group (a Tune trial's holds only its driver's fraction of a CPU)."""
     import ray
 
     task = ray.remote(_latency_on_node).options(
         num_cpus=threads, num_gpus=1 if device == "cuda" else 0, resources=resources or {},
         scheduling_strategy="DEFAULT")
-    return ray.get(task.remote([str(p) for p in model_dirs], texts, max_length, batch_sizes, threads, device, loader))
+    loaders = loader if isinstance(loader, list) else [loader] * len(model_dirs)
+    return ray.get(task.remote([str(p) for p in model_dirs], texts, max_length, batch_sizes, threads, device, loaders,
+                               rounds))
 
 
 def _latency_on_node(model_dirs: list[str], texts: list[str], max_length: int, batch_sizes: list[int], threads: int,
-                     device: str, loader) -> tuple[list[dict[int, float]], str]:
+                     device: str, loaders: list[Loader], rounds: int) -> tuple[list[dict[int, float]], str]:
     import ray
 
-    ms = [latency_ms(Path(p), texts, max_length, batch_sizes, threads, device, loader=loader) for p in model_dirs]
-    return ms, ray.get_runtime_context().get_node_id()
+    best: list[dict[int, float]] = [{} for _ in model_dirs]
+    for r in range(rounds):
+        order = list(range(len(model_dirs)))
+        for i in order[r % len(order):] + order[:r % len(order)]:
+            ms = latency_ms(Path(model_dirs[i]), texts, max_length, batch_sizes, threads, device, loader=loaders[i])
+            best[i] = {b: min(v, best[i].get(b, v)) for b, v in ms.items()}
+    return best, ray.get_runtime_context().get_node_id()
 
 
 def cpu_latency_ms(model_dir: Path, texts: list[str], max_length: int, threads: int = 1) -> float:
@@ -42,7 +54,7 @@ def cpu_latency_ms(model_dir: Path, texts: list[str], max_length: int, threads: 
 
 @torch.inference_mode()
 def latency_ms(model_dir: Path, texts: list[str], max_length: int, batch_sizes: list[int], threads: int = 1,
-               device: str = "cpu", warmup: int = 5, repeats: int = 3, loader=load_classifier) -> dict[int, float]:
+               device: str = "cpu", warmup: int = 5, repeats: int = 3, loader: Loader = load_classifier) -> dict[int, float]:
     """Milliseconds per sentence for each batch size: the fastest of ``repeats`` passes over ``texts`` (in
     order, padded per batch), after ``warmup`` batches. The minimum is the least disturbed by other work.
     ``loader(path)`` gives (model, tokenizer): a sequence classifier unless told otherwise."""

@@ -119,6 +119,43 @@ class Tracker:
             self.client.log_artifacts(run_id, f"{tmp}/{name}", name)
         return f"runs:/{run_id}/{name}"
 
+    def log_onnx_pyfunc(self, run_id: str, export_dir: Path, example, name: str = "model") -> str:
+        """An export folder as an MLflow pyfunc that serves text with ONNX Runtime (``xdray.export.serving``, copied
+        into the model: loading it needs no xdray). The signature comes from predicting ``example`` (a DataFrame)."""
+        import importlib.util
+
+        import mlflow.pyfunc
+        import onnxruntime
+        import tokenizers
+        import transformers
+
+        serving = importlib.util.find_spec("xdray.export.serving").origin  # a file, not imported: it sets MLflow's model
+
+        requirements = [f"onnxruntime=={onnxruntime.__version__}", f"transformers=={transformers.__version__}",
+                        f"tokenizers=={tokenizers.__version__}", "numpy", "pandas"]
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pyfunc.save_model(f"{tmp}/{name}", python_model=serving,
+                                     artifacts={"export": str(export_dir)}, input_example=example,
+                                     pip_requirements=requirements)
+            self.client.log_artifacts(run_id, f"{tmp}/{name}", name)
+        return f"runs:/{run_id}/{name}"
+
+    def register(self, run_id: str, artifact_path: str, name: str, alias: str = "champion") -> str:
+        """A new version of registered model ``name`` from the run's logged model, with ``alias`` moved onto it;
+        returns its ``models:/name@alias`` URI."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(name, source, run_id=run_id)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return f"models:/{name}@{alias}"
+
 
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}

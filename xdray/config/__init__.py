@@ -9,6 +9,7 @@ because Ray workers run in other directories.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from xdray.config.distill import (
     StageConfig,
     StudentConfig,
 )
+from xdray.config.export import MODEL_KEYWORDS, ExportConfig, ExportLatencyConfig, Int8Config
 from xdray.config.label import LabelConfig, TeacherConfig
 from xdray.config.search import (
     OBJECTIVES,
@@ -42,7 +44,7 @@ from xdray.config.transfer import GLUE_PRESETS, TASK_FORMATS, TASK_TYPES, Transf
 __all__ = [
     "CORPUS_FORMATS", "GLUE_PRESETS", "OBJECTIVES", "REPRESENTATION_LOSSES", "SEARCH_DIMENSIONS", "TASK_FORMATS",
     "TASK_TYPES", "TEACHER_LOSSES", "AshaConfig", "BudgetConfig", "CleaningConfig", "ConfigError", "DataConfig",
-    "DeepSpeedConfig", "DistillConfig", "LabelConfig", "LatencyConfig", "LossName", "MlflowConfig", "RayConfig",
+    "DeepSpeedConfig", "DistillConfig", "ExportConfig", "ExportLatencyConfig", "Int8Config", "LabelConfig", "LatencyConfig", "LossName", "MlflowConfig", "RayConfig",
     "RepresentationConfig", "SearchConfig", "SearchSpace", "StageConfig", "StudentConfig", "TeacherConfig",
     "TrainerConfig", "TransferConfig", "TransferSource", "TransferTask", "XdrayConfig", "load_config", "load_raw",
     "looks_local", "validate_config",
@@ -56,11 +58,17 @@ class RayConfig(Section):
     """Logical CPUs of a local instance; None = max(4, cores) so Ray Data tasks are not starved by workers."""
 
 
-class MlflowConfig(Section):
-    tracking_uri: str | None = None
-    """None = $MLFLOW_TRACKING_URI if set, else a SQLite store at <output_dir>/mlflow.db (artifacts beside it)."""
-    experiment: str = "xdray"
-    """MLflow experiment name."""
+with warnings.catch_warnings():  # pydantic warns that `register` shadows ABCMeta.register, a class-level method
+    warnings.simplefilter("ignore", UserWarning)  # that instances never see: the field reads and validates as usual
+
+    class MlflowConfig(Section):
+        tracking_uri: str | None = None
+        """None = $MLFLOW_TRACKING_URI if set, else a SQLite store at <output_dir>/mlflow.db (artifacts beside it)."""
+        experiment: str = "xdray"
+        """MLflow experiment name."""
+        register: str | None = None
+        """Register the exported model (the int8 ONNX pyfunc; without an export section, the distilled student) in
+        MLflow's model registry under this name, with the alias ``champion`` on the new version."""
 
 
 class XdrayConfig(Section):
@@ -79,6 +87,8 @@ class XdrayConfig(Section):
     search: SearchConfig = SearchConfig()
     transfer: TransferConfig | None = None
     """Target tasks for ``xdray transfer`` (and the pipeline's last step when present)."""
+    export: ExportConfig | None = None
+    """``xdray export``: ONNX fp32 + int8 of a trained model (and the pipeline's last step when present)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -114,8 +124,34 @@ class XdrayConfig(Section):
             object.__setattr__(self.distill, "labels", self.distill.labels.expanduser().resolve())
         if self.teacher is not None and looks_local(self.teacher.backbone):
             object.__setattr__(self.teacher, "backbone", str(Path(self.teacher.backbone).expanduser().resolve()))
+        e = self.export
+        if e is not None and e.model not in MODEL_KEYWORDS and not e.model.startswith("transfer/"):
+            object.__setattr__(e, "model", str(Path(e.model).expanduser().resolve()))
         if self.transfer is not None and self.transfer.student and looks_local(self.transfer.student):
             object.__setattr__(self.transfer, "student", str(Path(self.transfer.student).expanduser().resolve()))
+        return self
+
+    @model_validator(mode="after")
+    def _export_model_exists(self) -> XdrayConfig:
+        """``export.model`` names a step this config has: a typo must not export something else."""
+        e = self.export
+        if e is None:
+            return self
+        tasks = [t.name for t in self.transfer.tasks] if self.transfer else []
+        source = self.data is not None
+        if e.model in ("distill", "search", "teacher") and not source:
+            raise ValueError(f"export.model: {e.model} needs the data and teacher sections; fix: add them or "
+                             "export a transfer task (transfer/<task>) or a directory")
+        if e.model.startswith("transfer/") and e.model.removeprefix("transfer/") not in tasks:
+            raise ValueError(f"export.model: {e.model}: no such transfer task (tasks: {', '.join(tasks) or 'none'}); "
+                             "fix: name one of them")
+        if e.model == "auto" and not source and not tasks:
+            raise ValueError("export.model: auto needs a source task or a transfer task; fix: set export.model")
+        if e.data is not None and e.data != "source" and e.data not in tasks:
+            raise ValueError(f"export.data: {e.data!r} is neither 'source' nor a transfer task "
+                             f"({', '.join(tasks) or 'none'}); fix: name one of them")
+        if e.data == "source" and not source:
+            raise ValueError("export.data: source needs the data section; fix: add it or name a transfer task")
         return self
 
     @model_validator(mode="after")
@@ -159,6 +195,20 @@ class XdrayConfig(Section):
     @property
     def labels_dir(self) -> Path:
         return self.distill.labels or self.step_dir("label") / "data"
+
+    @property
+    def export_model(self) -> tuple[Path, str]:
+        """The directory ``export.model`` names, and whose splits check it: ``source`` or a transfer task."""
+        e = self.export
+        model = e.model if e.model != "auto" else ("distill" if self.data is not None
+                                                   else f"transfer/{self.transfer.tasks[0].name}")
+        if model.startswith("transfer/"):
+            path, data = self.step_dir("transfer") / model.removeprefix("transfer/") / "model", model.removeprefix("transfer/")
+        else:
+            path = {"distill": self.step_dir("distill") / "student", "search": self.step_dir("search") / "best_student",
+                    "teacher": self.teacher_dir}.get(model, Path(model))
+            data = "source" if self.data is not None else self.transfer.tasks[0].name
+        return path, e.data or data
 
     @property
     def transfer_student(self) -> str:
