@@ -20,6 +20,7 @@ from xdray.cli import main
 from .conftest import tiny_config
 
 pytestmark = pytest.mark.slow
+STEPS = ("teacher", "label", "distill", "search", "export")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,9 @@ def pipeline_console(tiny_task, tmp_path_factory):
     """The pipeline's run: (job, output dir, what the console showed)."""
     root = tmp_path_factory.mktemp("pipeline")
     job = root / "job.yaml"
-    job.write_text(yaml.safe_dump(tiny_config(tiny_task, root / "out")))
+    raw = tiny_config(tiny_task, root / "out", mlflow={"experiment": "xdray-test", "register": "xdray-tiny"},
+                      export={"latency": {"sentences": 8, "batch_sizes": [1, 4], "rounds": 2}})
+    job.write_text(yaml.safe_dump(raw))
     proc = subprocess.run([sys.executable, "-m", "xdray.cli", "pipeline", str(job)], capture_output=True, text=True,
                           cwd=root, timeout=1500)
     console = proc.stdout + proc.stderr
@@ -47,9 +50,10 @@ def test_the_console_is_short_and_the_libraries_output_is_in_the_log(pipeline_co
     log = out / "logs" / "xdray.log"
     assert len(lines) <= 40, console
     assert lines[0].startswith("xdray pipeline ") and lines[0].endswith(f"log: {log}")
-    for i, step in enumerate(("teacher", "label", "distill", "search"), 1):
-        assert f"[{i}/4] {step}: running" in console and f"[{i}/4] {step}: done in " in console
-    assert "student (distilled)" in console and "speedup" in console  # the results table
+    for i, step in enumerate(STEPS, 1):
+        assert f"[{i}/5] {step}: running" in console and f"[{i}/5] {step}: done in " in console
+    assert "student (distilled)" in console and "student int8 (ONNX)" in console  # the results table
+    assert "size on disk" in console and "speedup" in console
     assert "RayTrainWorker" not in console and "Started a local Ray instance" not in console
     text = log.read_text()
     assert "Started a local Ray instance" in text  # Ray's own logging
@@ -121,7 +125,7 @@ def test_mlflow_holds_parent_child_and_trial_runs(pipeline_run):
     runs = client.search_runs([exp.experiment_id])
     by_name = {r.info.run_name: r for r in runs}
     parent = by_name["pipeline"]
-    for step in ("teacher", "label", "distill", "search"):
+    for step in STEPS:
         assert by_name[step].data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert by_name[step].info.status == "FINISHED"
     trials = [r for r in runs if r.info.run_name.startswith("trial-")]
@@ -132,23 +136,70 @@ def test_mlflow_holds_parent_child_and_trial_runs(pipeline_run):
     assert {"dev/logits/block.0/accuracy", "dev/hidden/loss", "train/logits/block.0/logits_mse"} <= set(metrics)
     assert by_name["label"].data.metrics["rows"] > 0
     assert parent.data.metrics["speedup"] > 0
-    for step in ("teacher", "label", "distill", "search"):
+    for step in STEPS:
         logged = {a.path for a in client.list_artifacts(by_name[step].info.run_id)}
         assert "summary.json" in logged, (step, logged)
+        assert step == "label" or "model" in logged, (step, logged)  # every model a step produces
+    logged = {a.path for a in client.list_artifacts(by_name["export"].info.run_id, "onnx")}
+    assert {"onnx/model.onnx", "onnx/model.int8.onnx", "onnx/tokenizer.json", "onnx/export.json"} <= logged
     summary = json.loads((out / "pipeline" / "summary.json").read_text())
     assert summary["mlflow_run_id"] == parent.info.run_id
 
 
+def test_the_export_matches_torch_and_is_timed_against_the_teacher(pipeline_run):
+    _, out = pipeline_run
+    summary = json.loads((out / "export" / "summary.json").read_text())
+    distill = json.loads((out / "distill" / "summary.json").read_text())
+    assert summary["model_dir"] == str(out / "distill" / "student") and summary["data"] == "source"
+    assert summary["onnx_max_abs_diff"] <= 1e-4 and summary["opset"] == 17
+    metrics = summary["metrics"]
+    assert metrics["torch_fp32"]["test"]["accuracy"] == pytest.approx(distill["test_accuracy"], abs=1e-4)
+    assert metrics["onnx_fp32"]["test"] == metrics["torch_fp32"]["test"]
+    assert summary["int8_metric_delta"] == pytest.approx(
+        metrics["onnx_int8"]["test"]["score"] - metrics["onnx_fp32"]["test"]["score"], abs=1e-4)
+    assert set(summary["latency_ms"]) == {"teacher", "torch_fp32", "onnx_fp32", "onnx_int8"}
+    assert all(set(ms) == {"b1", "b4"} and min(ms.values()) > 0 for ms in summary["latency_ms"].values())
+    assert set(summary["speedup_vs_teacher"]) == {"torch_fp32", "onnx_fp32", "onnx_int8"}
+    assert summary["size_bytes"]["onnx_fp32"] > 0 and summary["size_bytes"]["torch_fp32"] > 0
+    pipeline = json.loads((out / "pipeline" / "summary.json").read_text())
+    assert pipeline["int8_test_accuracy"] == metrics["onnx_int8"]["test"]["accuracy"]
+    assert pipeline["int8_latency_ms"] > 0 and pipeline["int8_bytes"] == summary["size_bytes"]["onnx_int8"]
+
+
+def test_the_registered_champion_loads_by_alias_and_serves_text(pipeline_run, monkeypatch):
+    """The registry round trip a user makes: the alias, MLflow's loader, a DataFrame of text; the served int8
+    graph answers as ONNX Runtime does on the exported folder."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from xdray.export.onnx import OrtClassifier
+
+    _, out = pipeline_run
+    summary = json.loads((out / "export" / "summary.json").read_text())
+    assert summary["registered"] == "models:/xdray-tiny@champion"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/xdray-tiny@champion")
+    texts = ["what a wonderful film", "the plot is dull from start to finish"]
+    predicted = served.predict(pd.DataFrame({"text": texts}))
+    assert served.metadata.signature is not None and list(predicted.columns) == ["label", "score"]
+    export_dir = out / "export" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    logits = OrtClassifier(export_dir / "model.int8.onnx")(**tokenizer(texts, padding=True, return_tensors="pt"))
+    assert predicted["label"].tolist() == [str(i) for i in logits.argmax(-1).tolist()]
+    version = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_model_version_by_alias("xdray-tiny", "champion")
+    assert version.run_id == summary["mlflow_run_id"]
+
+
 def test_rerun_skips_completed_steps(pipeline_run, capsys):
     job, out = pipeline_run
-    before = {s: (out / s / "summary.json").stat().st_mtime_ns for s in ("teacher", "label", "distill", "search")}
+    before = {s: (out / s / "summary.json").stat().st_mtime_ns for s in STEPS}
     assert main(["pipeline", str(job)]) == 0
     captured = capsys.readouterr().out
     for step, mtime in before.items():
         assert f"{step}: complete, skipping" in captured
         assert (out / step / "summary.json").stat().st_mtime_ns == mtime
     summary = json.loads((out / "pipeline" / "summary.json").read_text())
-    assert summary["ran"] == [] and summary["skipped"] == ["teacher", "label", "distill", "search"]
+    assert summary["ran"] == [] and summary["skipped"] == list(STEPS)
 
 
 def test_online_teacher_attention_and_token_losses_with_a_factorized_student(pipeline_run):

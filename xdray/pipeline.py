@@ -1,10 +1,10 @@
-"""`xdray pipeline`: teacher → label → distill → search (→ transfer) from one config, as one MLflow parent run,
-and the Ray session every step runs in.
+"""`xdray pipeline`: teacher → label → distill → search (→ transfer → export) from one config, as one MLflow parent
+run, and the Ray session every step runs in.
 
 A step whose ``summary.json`` exists is complete and is skipped, so a rerun after a crash continues where
 the last complete step ended. The final table compares teacher and student: test accuracy (from each step's
-summary, measured once) and CPU latency (both measured in one Ray task, one after the other, so the speedup is one
-run's ratio on one node).
+summary, measured once) and CPU latency (measured in one Ray task, one after the other, so the speedup is one
+run's ratio on one node); with an export of the source task's model, its int8 graph is a third row.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tabulate import tabulate
 
 from xdray.checks import pipeline_steps
-from xdray.common.files import read_summary, write_summary
+from xdray.common.files import read_summary, weights_bytes, write_summary
+from xdray.common.hf import load_classifier
 from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker, tracking_uri
 from xdray.config import XdrayConfig
@@ -112,18 +114,32 @@ def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
 
 
 def compare(cfg: XdrayConfig) -> dict:
-    teacher, distill, search = (read_summary(cfg, s) for s in ("teacher", "distill", "search"))
+    """Teacher, student and (when the pipeline exported a model of the source task) its int8 ONNX graph: test
+    accuracy from each step's summary, latency of all three measured back to back in one Ray task."""
+    teacher, distill, search, export = (read_summary(cfg, s) for s in ("teacher", "distill", "search", "export"))
     texts = read_labeled(cfg.data.test).texts[:LATENCY_SENTENCES]
-    (teacher_ms, student_ms), node = measure_latency([cfg.teacher_dir, cfg.step_dir("distill") / "student"], texts,
-                                                     cfg.data.max_length, [1])
-    t_ms, s_ms = teacher_ms[1], student_ms[1]
+    student_dir = cfg.step_dir("distill") / "student"
+    dirs, loaders = [cfg.teacher_dir, student_dir], [load_classifier, load_classifier]
+    int8 = export is not None and export["data"] == "source"
+    if int8:
+        from xdray.export.onnx import load_onnx
+
+        dirs.append(Path(export["export_dir"]) / "model.int8.onnx")
+        loaders.append(load_onnx)
+    ms, node = measure_latency(dirs, texts, cfg.data.max_length, [1], loader=loaders)
+    t_ms, s_ms = ms[0][1], ms[1][1]
     out = {
         "teacher_test_accuracy": teacher["test_accuracy"], "student_test_accuracy": distill["test_accuracy"],
         "teacher_params": teacher["params"]["total"], "student_params": distill["params"]["total"],
         "teacher_latency_ms": round(t_ms, 3), "student_latency_ms": round(s_ms, 3),
         "speedup": round(t_ms / s_ms, 2), "compression": round(teacher["params"]["total"] / distill["params"]["total"], 2),
+        "teacher_bytes": weights_bytes(cfg.teacher_dir), "student_bytes": weights_bytes(student_dir),
         "latency_node": node,
     }
+    if int8:
+        out |= {"int8_model": export["model_dir"], "int8_test_accuracy": export["metrics"]["onnx_int8"]["test"]["accuracy"],
+                "int8_latency_ms": round(ms[2][1], 3), "int8_speedup": round(t_ms / ms[2][1], 2),
+                "int8_bytes": export["size_bytes"]["onnx_int8"]}
     if search:
         out["search_best"] = search["best"]
     return out
@@ -132,15 +148,21 @@ def compare(cfg: XdrayConfig) -> dict:
 def results_table(cfg: XdrayConfig, summary: dict) -> str:
     rows = [
         ["teacher", f"{summary['teacher_test_accuracy']:.1%}", f"{summary['teacher_params'] / 1e6:.2f}M",
-         f"{summary['teacher_latency_ms']:.2f}", "1.0x"],
+         _mb(summary["teacher_bytes"]), f"{summary['teacher_latency_ms']:.2f}", "1.0x"],
         ["student (distilled)", f"{summary['student_test_accuracy']:.1%}", f"{summary['student_params'] / 1e6:.2f}M",
-         f"{summary['student_latency_ms']:.2f}", f"{summary['speedup']:.1f}x"],
+         _mb(summary["student_bytes"]), f"{summary['student_latency_ms']:.2f}", f"{summary['speedup']:.1f}x"],
     ]
+    if "int8_model" in summary:
+        name = Path(summary["int8_model"]).name
+        rows.append([f"{'student' if name == 'student' else name} int8 (ONNX)", f"{summary['int8_test_accuracy']:.1%}",
+                     f"{summary['student_params'] / 1e6:.2f}M" if name == "student" else "",
+                     _mb(summary["int8_bytes"]), f"{summary['int8_latency_ms']:.2f}", f"{summary['int8_speedup']:.1f}x"])
     best = summary.get("search_best")
     if best:
         rows.append([f"search best ({best['arch']})", f"dev {best['dev_accuracy']:.1%}",
-                     f"{best['params'] / 1e6:.2f}M", "", ""])
-    table = tabulate(rows, headers=["model", "test accuracy", "params", "CPU ms/sentence (batch 1, 1 thread)", "speedup"])
+                     f"{best['params'] / 1e6:.2f}M", "", "", ""])
+    table = tabulate(rows, headers=["model", "test accuracy", "params", "size on disk",
+                                    "CPU ms/sentence (batch 1, 1 thread)", "speedup"])
     uri = tracking_uri(cfg)
     return (
         f"\n{table}\n\noutputs: {cfg.output_dir}\n"
@@ -148,6 +170,10 @@ def results_table(cfg: XdrayConfig, summary: dict) -> str:
         f"  open it with: mlflow ui --backend-store-uri {uri}\n"
         f"pipeline wall time: {summary['seconds']:.0f} s\n"
     )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
 
 
 @contextmanager

@@ -40,6 +40,11 @@ def file_stamp(path: Path) -> dict:
     return {"bytes": sum(p.stat().st_size for p in files), "mtime_ns": max(p.stat().st_mtime_ns for p in files)}
 
 
+def weights_bytes(model_dir: Path) -> int:
+    """A saved HF model's size on disk: its weight files."""
+    return sum(p.stat().st_size for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
+
+
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 

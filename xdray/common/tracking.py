@@ -100,22 +100,27 @@ class Tracker:
         else:
             self.client.log_artifact(run_id, str(path), subdir)
 
-    def log_model(self, run_id: str, model_dir: Path, name: str = "model") -> str:
-        """The exported HF directory as an MLflow ``transformers`` model (text classification) among the run's
-        artifacts; returns its ``runs:/`` URI (``mlflow.transformers.load_model`` / ``mlflow.pyfunc.load_model``).
-        Saved with the flavor and logged with this client, so no process-wide MLflow state changes.
-        Requirements are pinned here: MLflow's own inference would import torchvision."""
+    def log_model(self, run_id: str, model_dir: Path, examples: list[str], name: str = "model",
+                  task: str = "text-classification") -> str:
+        """An HF directory as an MLflow ``transformers`` model (``text-classification`` or ``token-classification``)
+        among the run's artifacts, with a signature and ``examples`` as its input example; returns its ``runs:/``
+        URI (``mlflow.transformers.load_model`` / ``mlflow.pyfunc.load_model``). Saved with the flavor and logged
+        with this client, so no process-wide MLflow state changes. Requirements are pinned here: MLflow's own
+        inference would import torchvision."""
         import mlflow.transformers
         import torch
         import transformers
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from mlflow.models import infer_signature
+        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-        components = {"model": AutoModelForSequenceClassification.from_pretrained(model_dir),
-                      "tokenizer": AutoTokenizer.from_pretrained(model_dir)}
+        head = AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
+        components = {"model": head.from_pretrained(model_dir), "tokenizer": AutoTokenizer.from_pretrained(model_dir)}
+        predicted = pipeline(task, **components)(examples)
+        signature = infer_signature(examples, [_plain(p) for p in predicted])
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
         with tempfile.TemporaryDirectory() as tmp:
-            mlflow.transformers.save_model(components, f"{tmp}/{name}", task="text-classification",
-                                           pip_requirements=requirements)
+            mlflow.transformers.save_model(components, f"{tmp}/{name}", task=task, signature=signature,
+                                           input_example=examples, pip_requirements=requirements)
             self.client.log_artifacts(run_id, f"{tmp}/{name}", name)
         return f"runs:/{run_id}/{name}"
 
@@ -155,6 +160,13 @@ class Tracker:
         version = self.client.create_model_version(name, source, run_id=run_id)
         self.client.set_registered_model_alias(name, alias, version.version)
         return f"models:/{name}@{alias}"
+
+
+def _plain(prediction):
+    """A pipeline's prediction in the types a signature knows (token pipelines give numpy scalars)."""
+    if isinstance(prediction, list):
+        return [_plain(p) for p in prediction]
+    return {k: v.item() if hasattr(v, "item") else v for k, v in prediction.items()}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

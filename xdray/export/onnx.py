@@ -87,6 +87,13 @@ def ort_session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def load_onnx(path: str, threads: int = 1) -> tuple[OrtClassifier, object]:
+    """A latency loader: the graph at ``path`` and the tokenizer saved beside it."""
+    from transformers import AutoTokenizer
+
+    return OrtClassifier(Path(path), threads), AutoTokenizer.from_pretrained(Path(path).parent)
+
+
 class OrtClassifier:
     """An ONNX Runtime session that takes a tokenizer's torch encoding and returns logits as a tensor, so evaluation
     and latency code runs it exactly as it runs the torch model."""

@@ -22,6 +22,11 @@ def row_length(row: dict) -> int:
     return len(row["tokens"]) if "tokens" in row else len(row["text"]) + len(row.get("text_pair", ""))
 
 
+def row_text(row: dict) -> str:
+    """A task row as one string (token tasks: the words joined), what latency timing and serving examples feed."""
+    return " ".join(row["tokens"]) if "tokens" in row else row["text"]
+
+
 @torch.inference_mode()
 def compare_variants(variants: dict[str, Forward], data: TaskData, tokenizer, max_length: int,
                      splits: tuple[str, ...] = ("dev", "test"), reference: str = "torch_fp32") -> dict:

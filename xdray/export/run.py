@@ -15,15 +15,15 @@ import shutil
 from functools import partial
 from pathlib import Path
 
-from xdray.common.files import replace_dir, staging_dir, write_json, write_summary
+from xdray.common.files import replace_dir, staging_dir, weights_bytes, write_json, write_summary
 from xdray.common.hf import load_classifier
 from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker
 from xdray.config import XdrayConfig
 from xdray.data.tables import load_splits
 from xdray.errors import XdrayError
-from xdray.export.onnx import OrtClassifier, export_onnx, quantize_int8
-from xdray.export.parity import compare_variants, row_length
+from xdray.export.onnx import OrtClassifier, export_onnx, load_onnx, quantize_int8
+from xdray.export.parity import compare_variants, row_length, row_text
 from xdray.transfer.model import model_class
 from xdray.transfer.tasks import TaskData, load_task
 
@@ -43,7 +43,7 @@ def run_export(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
     with tracker.run(cfg, "export", parent) as run_id:
         tracker.params(run_id, {"export": cfg.export.model_dump(mode="json"), "model_dir": str(model_dir),
                                 "data": data_name})
-        sample = sorted((_text(r) for r in data.dev), key=len)
+        sample = sorted((row_text(r) for r in data.dev), key=len)
         graph = export_onnx(model, tokenizer, tmp / FILES["onnx_fp32"], [sample[-1], sample[0]],
                             task["type"] == "token_classification", cfg.export.opset)
         q = cfg.export.int8
@@ -65,7 +65,7 @@ def run_export(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
                                          "serve": FILES[SERVED], "files": FILES, "source_model": str(model_dir),
                                          "int8": q.model_dump()})
         replace_dir(tmp, dest)
-        latency = latency_table(cfg, model_dir, dest, task, [_text(r) for r in data.test], max_length)
+        latency = latency_table(cfg, model_dir, dest, task, [row_text(r) for r in data.test], max_length)
         metrics = checked["metrics"]
         summary = {
             "model_dir": str(model_dir), "data": data_name, "export_dir": str(dest), "task": data.type,
@@ -130,7 +130,7 @@ def latency_table(cfg: XdrayConfig, model_dir: Path, export_dir: Path, task: dic
     names = (["teacher"] if teacher else []) + ["torch_fp32", *FILES]
     by_threads = {}
     for threads in lat.threads:
-        loaders = ([load_classifier] if teacher else []) + [torch_loader] + [partial(_load_onnx, threads=threads)] * 2
+        loaders = ([load_classifier] if teacher else []) + [torch_loader] + [partial(load_onnx, threads=threads)] * 2
         dirs = ([cfg.teacher_dir] if teacher else []) + [model_dir] + [export_dir / f for f in FILES.values()]
         ms, node = measure_latency(dirs, texts, max_length, lat.batch_sizes, threads, loader=loaders, rounds=lat.rounds)
         by_threads[threads] = {n: {f"b{b}": round(v, 3) for b, v in m.items()} for n, m in zip(names, ms)}
@@ -147,25 +147,11 @@ def _load_torch(path: str, task: dict):
     return model_class(task).from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
-def _load_onnx(path: str, threads: int = 1):
-    from transformers import AutoTokenizer
-
-    return OrtClassifier(Path(path), threads), AutoTokenizer.from_pretrained(Path(path).parent)
-
-
-def weights_bytes(model_dir: Path) -> int:
-    return sum(p.stat().st_size for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
-
-
-def _text(row: dict) -> str:
-    return " ".join(row["tokens"]) if "tokens" in row else row["text"]
-
-
 def _example(data: TaskData):
     import pandas as pd
 
     rows = sorted(data.test, key=row_length)[:2]
-    frame = {"text": [_text(r) for r in rows]}
+    frame = {"text": [row_text(r) for r in rows]}
     if any("text_pair" in r for r in rows):
         frame["text_pair"] = [r.get("text_pair", "") for r in rows]
     return pd.DataFrame(frame)

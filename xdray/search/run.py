@@ -233,6 +233,7 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
             "wall_seconds": round(wall, 1), "sum_trial_seconds": round(sum(t["seconds"] for t in trials), 1),
             "pareto_plot": str(plot_path), "pareto_table": str(table_path), "mlflow_run_id": search_run,
         }
+        summary["mlflow_model_uri"] = tracker.log_model(search_run, out / "best_student", dev.texts[:2])
         tracker.metrics(search_run, {"best_dev_accuracy": chosen["dev_accuracy"], "trials": len(trials),
                                      "front_size": len(front), "teacher_forwards": summary["teacher_forwards"],
                                      "wall_seconds": summary["wall_seconds"]})

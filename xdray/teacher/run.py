@@ -40,5 +40,5 @@ def run_teacher(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         name = run_name("teacher", spec, tc, [cfg.data.train, cfg.data.dev])
         result = fit(spec, tc, {"train": rows_source(train.rows())}, out / "ray", name)
         summary = finish_classifier(cfg, tracker, run_id, "teacher", result, test, time.perf_counter() - t0,
-                                    out / "model", log_model=False)
+                                    out / "model", log_model=True)
     return summary

@@ -132,7 +132,8 @@ def finish_classifier(
     seconds: float, model_dir: Path, log_model: bool,
 ) -> dict:
     """The end of a source-task job (teacher, distill): export the model to ``model_dir``, score it on test
-    once, log it (as an MLflow model with ``log_model``), and write the step's summary."""
+    once, log it (as an MLflow model with ``log_model``; the distilled student is also registered under
+    ``mlflow.register`` when no export follows), and write the step's summary."""
     trained = export_student(result, model_dir)
     checkpoints = [str(c.path) for c, _ in result.best_checkpoints]
     summary = {
@@ -155,7 +156,9 @@ def finish_classifier(
                              "params_total": summary["params"]["total"], "seconds": summary["seconds"]})
     tracker.artifact(run_id, model_dir / "xdray_train.json")
     if log_model:
-        summary["mlflow_model_uri"] = tracker.log_model(run_id, model_dir)
+        summary["mlflow_model_uri"] = tracker.log_model(run_id, model_dir, test.texts[:2])
+        if step == "distill" and cfg.mlflow.register and cfg.export is None:  # with an export, its int8 model is
+            summary["registered"] = tracker.register(run_id, "model", cfg.mlflow.register)  # the one registered
     shutil.rmtree(model_dir.parent / "scratch", ignore_errors=True)
     tracker.artifact(run_id, write_summary(cfg, step, summary))
     return summary

@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
-import torch
 from tabulate import tabulate
 from transformers import AutoTokenizer
 
@@ -24,15 +23,12 @@ from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker
 from xdray.config import StageConfig, TransferTask, XdrayConfig
 from xdray.console import console
-from xdray.distill.batches import model_inputs, table_batches
+from xdray.export.parity import compare_variants, row_length, row_text
 from xdray.train.fit import export_student, fit, make_spec, rows_source, run_name
-from xdray.transfer.metrics import headline, task_metrics
-from xdray.transfer.model import model_class, task_collate, task_loss
+from xdray.transfer.metrics import headline
+from xdray.transfer.model import model_class, task_loss
 from xdray.transfer.role import TransferRole
 from xdray.transfer.tasks import TaskData, load_task
-
-EVAL_BATCH = 64
-
 
 def run_transfer(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
     tc, student = cfg.transfer, cfg.transfer_student
@@ -56,7 +52,7 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
     spec_task = data.worker_spec()
     stage = StageConfig(name=task.name, data="train", loss=task_loss(spec_task), epochs=tc.epochs,
                         patience=tc.patience, monitor="dev_score")
-    dev = pa.Table.from_pylist(sorted(data.dev, key=_length))
+    dev = pa.Table.from_pylist(sorted(data.dev, key=row_length))
     spec = make_spec(cfg, tc, TransferRole(spec_task), student, [stage.model_dump()], data.num_labels, dev,
                      out / "scratch", "", max_length=task.max_length, trust_remote_code=tc.trust_remote_code)
     inputs = [p for p in (task.train, task.dev, task.test) if p is not None]
@@ -75,7 +71,7 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
         model_dir = out / "model"
         trained = export_student(result, model_dir)
         test = evaluate_model(model_dir, data, task.max_length)
-        texts = [_text(row) for row in data.test[:tc.latency_sentences]]
+        texts = [row_text(row) for row in data.test[:tc.latency_sentences]]
         (ms,), node = measure_latency([model_dir], texts, task.max_length, [1], loader=partial(_load, task=spec_task))
         summary = {
             "type": data.type, "metric": headline(data.type), "test": test, "dev_score": trained["dev_score"],
@@ -86,6 +82,9 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
             "seconds": round(time.perf_counter() - t0, 1), "history": trained["history"],
             "model_dir": str(model_dir), "run_name": name, "mlflow_run_id": run_id,
         }
+        summary["mlflow_model_uri"] = tracker.log_model(
+            run_id, model_dir, texts[:2], task="token-classification" if data.type == "token_classification"
+            else "text-classification")
         tracker.metrics(run_id, {f"test_{k}": v for k, v in test.items() if k != "score"}
                         | {"latency_ms": summary["latency_ms"], "params_total": trained["params"]["total"]})
         shutil.rmtree(out / "scratch", ignore_errors=True)
@@ -93,32 +92,15 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
     return summary
 
 
-def _length(row: dict) -> int:
-    return len(row["tokens"]) if "tokens" in row else len(row["text"]) + len(row.get("text_pair", ""))
-
-
-def _text(row: dict) -> str:
-    return " ".join(row["tokens"]) if "tokens" in row else row["text"]
-
-
 def _load(path: str, task: dict):
     return model_class(task).from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
-@torch.inference_mode()
 def evaluate_model(model_dir: Path, data: TaskData, max_length: int, split: str = "test") -> dict[str, float]:
     """The task's metrics of a saved model on one split (batches of similar length), in this process."""
-    task = data.worker_spec()
-    model, tokenizer = _load(str(model_dir), task)
-    model.eval()
-    collate = task_collate(task)
-    rows = sorted(getattr(data, split), key=_length)
-    logits, labels = [], []
-    for raw in table_batches(pa.Table.from_pylist(rows), EVAL_BATCH):
-        batch = collate(raw, tokenizer, max_length, "cpu")
-        logits.append(model(**model_inputs(batch)).logits.float())
-        labels.append(batch["labels"])
-    return {k: round(v, 5) for k, v in task_metrics(task, logits, labels).items()}
+    model, tokenizer = _load(str(model_dir), data.worker_spec())
+    scored = compare_variants({"torch": model.eval()}, data, tokenizer, max_length, (split,), reference="torch")
+    return scored["metrics"]["torch"][split]
 
 
 def results_table(summary: dict) -> str:
