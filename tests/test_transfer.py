@@ -360,3 +360,39 @@ def test_a_rerun_skips_finished_tasks_and_bad_labels_stop_before_training(transf
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "label 'neutral' is not one of task 'cls''s classes" in err[0]
     assert not (tmp_path / "out" / "transfer").exists()
+
+
+@pytest.mark.slow
+def test_transfer_models_export_and_the_registered_ner_model_tags_words(transferred, monkeypatch):
+    """`xdray export` of real fine-tuned models: a token classifier (logits per token) and a pair model (segment
+    ids), each within 1e-4 of torch on its own task's splits; the NER export registered and served by alias."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from xdray.cli import main
+
+    job, out, summary = transferred
+    assert main(["export", str(job), "--set", "export.model=transfer/pair", "--set", "export.latency.sentences=4"]) == 0
+    pair = json.loads((out / "export" / "summary.json").read_text())
+    assert pair["data"] == "pair" and pair["task"] == "pair_classification" and pair["onnx_max_abs_diff"] <= 1e-4
+    assert pair["metrics"]["onnx_fp32"]["test"]["accuracy"] == summary["tasks"]["pair"]["test"]["accuracy"]
+    assert pair["speedup_vs_teacher"] is None and "teacher" not in pair["latency_ms"]  # no teacher in this config
+    exported = json.loads((out / "export" / "model" / "export.json").read_text())
+    assert exported["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+
+    assert main(["export", str(job), "--set", "export.model=transfer/ner", "--set", "export.latency.sentences=4",
+                 "--set", "mlflow.register=xdray-ner"]) == 0
+    ner = json.loads((out / "export" / "summary.json").read_text())
+    assert ner["task"] == "token_classification" and ner["onnx_max_abs_diff"] <= 1e-4
+    assert ner["metrics"]["onnx_fp32"]["test"]["f1"] == pytest.approx(summary["tasks"]["ner"]["test"]["f1"], abs=1e-4)
+    assert ner["registered"] == "models:/xdray-ner@champion"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/xdray-ner@champion")
+    words = "yesterday we saw anna smith in paris today"
+    tags = served.predict(pd.DataFrame({"text": [words]}))["tags"][0].split()
+    assert len(tags) == len(words.split()) and set(tags) <= {"B-LOC", "B-PER", "I-PER", "O"}
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    for task, result in summary["tasks"].items():  # each transfer task's model is an MLflow model too
+        assert {a.path for a in client.list_artifacts(result["mlflow_run_id"])} >= {"model", "result.json"}, task
+    assert result["mlflow_model_uri"] == f"runs:/{result['mlflow_run_id']}/model"

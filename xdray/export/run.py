@@ -133,8 +133,8 @@ def latency_table(cfg: XdrayConfig, model_dir: Path, export_dir: Path, task: dic
         loaders = ([load_classifier] if teacher else []) + [torch_loader] + [partial(load_onnx, threads=threads)] * 2
         dirs = ([cfg.teacher_dir] if teacher else []) + [model_dir] + [export_dir / f for f in FILES.values()]
         ms, node = measure_latency(dirs, texts, max_length, lat.batch_sizes, threads, loader=loaders, rounds=lat.rounds)
-        by_threads[threads] = {n: {f"b{b}": round(v, 3) for b, v in m.items()} for n, m in zip(names, ms)}
-    first = by_threads[lat.threads[0]]
+        by_threads[str(threads)] = {n: {f"b{b}": round(v, 3) for b, v in m.items()} for n, m in zip(names, ms)}
+    first = by_threads[str(lat.threads[0])]
     key = f"b{lat.batch_sizes[0]}"
     speedup = {n: round(first["teacher"][key] / m[key], 2) for n, m in first.items() if n != "teacher"} if teacher else None
     return {"latency_ms": first, "latency_ms_by_threads": by_threads, "speedup_vs_teacher": speedup,
