@@ -57,13 +57,11 @@ def config(quality: Path, samples: Path, out: Path, student: Path, sentences: in
 
 
 def cpu() -> dict:
-    flags = ""
-    if Path("/proc/cpuinfo").is_file():
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor())
-    else:
-        model = platform.processor()
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    flags = next((line for line in lines if line.startswith("flags")), "")
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor())
     return {"model": model, "cores": os.cpu_count(), "avx2": " avx2" in flags,
             "vnni": " avx512_vnni" in flags or " avx_vnni" in flags}
 

@@ -177,6 +177,7 @@ def test_the_registered_champion_loads_by_alias_and_serves_text(pipeline_run, mo
     _, out = pipeline_run
     summary = json.loads((out / "export" / "summary.json").read_text())
     assert summary["registered"] == "models:/xdray-tiny@champion"
+    # how a user points MLflow's loader at the store (models:/ URIs resolve against it); a real registry, no mock
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model("models:/xdray-tiny@champion")
     texts = ["what a wonderful film", "the plot is dull from start to finish"]

@@ -387,6 +387,7 @@ def test_transfer_models_export_and_the_registered_ner_model_tags_words(transfer
     assert ner["task"] == "token_classification" and ner["onnx_max_abs_diff"] <= 1e-4
     assert ner["metrics"]["onnx_fp32"]["test"]["f1"] == pytest.approx(summary["tasks"]["ner"]["test"]["f1"], abs=1e-4)
     assert ner["registered"] == "models:/xdray-ner@champion"
+    # how a user points MLflow's loader at the store (models:/ URIs resolve against it); a real registry, no mock
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model("models:/xdray-ner@champion")
     words = "yesterday we saw anna smith in paris today"

@@ -77,9 +77,7 @@ def _check_export(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
     if cfg.export is None:
         raise ConfigError("export: required for xdray export; fix: add an export section (e.g. export: {model: "
                           "distill}; see docs/config.md)")
-    model = cfg.export.model if cfg.export.model != "auto" else ("distill" if cfg.data is not None else "transfer")
-    made_here = model.split("/")[0] in steps or (model == "teacher" and "teacher" in steps)
-    if not made_here:
+    if cfg.export_keyword.split("/")[0] not in steps:  # not made by a step of this command: it must exist now
         path, _ = cfg.export_model
         _must_exist(path / "config.json", "export.model", "run the step that writes it first, or point export.model "
                     "at a saved HF model directory")

@@ -197,11 +197,17 @@ class XdrayConfig(Section):
         return self.distill.labels or self.step_dir("label") / "data"
 
     @property
+    def export_keyword(self) -> str:
+        """``export.model`` with ``auto`` resolved: a step keyword, ``transfer/<task>``, or a directory."""
+        e = self.export
+        if e.model != "auto":
+            return e.model
+        return "distill" if self.data is not None else f"transfer/{self.transfer.tasks[0].name}"
+
+    @property
     def export_model(self) -> tuple[Path, str]:
         """The directory ``export.model`` names, and whose splits check it: ``source`` or a transfer task."""
-        e = self.export
-        model = e.model if e.model != "auto" else ("distill" if self.data is not None
-                                                   else f"transfer/{self.transfer.tasks[0].name}")
+        e, model = self.export, self.export_keyword
         if model.startswith("transfer/"):
             path, data = self.step_dir("transfer") / model.removeprefix("transfer/") / "model", model.removeprefix("transfer/")
         else:

@@ -24,7 +24,7 @@ from xdray.data.tables import load_splits
 from xdray.errors import XdrayError
 from xdray.export.onnx import OrtClassifier, export_onnx, load_onnx, quantize_int8
 from xdray.export.parity import compare_variants, row_length, row_text
-from xdray.transfer.model import model_class
+from xdray.transfer.model import load_saved, model_class
 from xdray.transfer.tasks import TaskData, load_task
 
 FILES = {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"}
@@ -125,7 +125,7 @@ def latency_table(cfg: XdrayConfig, model_dir: Path, export_dir: Path, task: dic
     each against the teacher at the first batch size and thread count."""
     lat = cfg.export.latency
     texts = texts[:lat.sentences]
-    torch_loader = partial(_load_torch, task=task)
+    torch_loader = partial(load_saved, task=task)
     teacher = lat.teacher and (cfg.teacher_dir / "config.json").is_file()
     names = (["teacher"] if teacher else []) + ["torch_fp32", *FILES]
     by_threads = {}
@@ -139,12 +139,6 @@ def latency_table(cfg: XdrayConfig, model_dir: Path, export_dir: Path, task: dic
     speedup = {n: round(first["teacher"][key] / m[key], 2) for n, m in first.items() if n != "teacher"} if teacher else None
     return {"latency_ms": first, "latency_ms_by_threads": by_threads, "speedup_vs_teacher": speedup,
             "latency_node": node, "latency_threads": lat.threads[0], "latency_batch": lat.batch_sizes[0]}
-
-
-def _load_torch(path: str, task: dict):
-    from transformers import AutoTokenizer
-
-    return model_class(task).from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
 def _example(data: TaskData):

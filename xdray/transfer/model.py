@@ -25,6 +25,11 @@ def model_class(task: dict):
     return AutoModelForTokenClassification if task["type"] == "token_classification" else AutoModelForSequenceClassification
 
 
+def load_saved(path: str, task: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A saved model of ``task`` as it is (its own head), with its tokenizer."""
+    return model_class(task).from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
 def load_task_model(path: str, task: dict, seed: int = 0, trust_remote_code: bool = False
                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The encoder of ``path`` (an xdray student, or any HF encoder) under a new head for ``task``. A head the

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyarrow as pa
 from tabulate import tabulate
-from transformers import AutoTokenizer
 
 from xdray.common.files import read_json, write_json, write_summary
 from xdray.common.latency import measure_latency
@@ -26,7 +25,7 @@ from xdray.console import console
 from xdray.export.parity import compare_variants, row_length, row_text
 from xdray.train.fit import export_student, fit, make_spec, rows_source, run_name
 from xdray.transfer.metrics import headline
-from xdray.transfer.model import model_class, task_loss
+from xdray.transfer.model import load_saved, task_loss
 from xdray.transfer.role import TransferRole
 from xdray.transfer.tasks import TaskData, load_task
 
@@ -72,7 +71,8 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
         trained = export_student(result, model_dir)
         test = evaluate_model(model_dir, data, task.max_length)
         texts = [row_text(row) for row in data.test[:tc.latency_sentences]]
-        (ms,), node = measure_latency([model_dir], texts, task.max_length, [1], loader=partial(_load, task=spec_task))
+        (ms,), node = measure_latency([model_dir], texts, task.max_length, [1],
+                                      loader=partial(load_saved, task=spec_task))
         summary = {
             "type": data.type, "metric": headline(data.type), "test": test, "dev_score": trained["dev_score"],
             "dev": trained["dev_metrics"], "params": trained["params"], "latency_ms": round(ms[1], 3),
@@ -92,13 +92,9 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
     return summary
 
 
-def _load(path: str, task: dict):
-    return model_class(task).from_pretrained(path), AutoTokenizer.from_pretrained(path)
-
-
 def evaluate_model(model_dir: Path, data: TaskData, max_length: int, split: str = "test") -> dict[str, float]:
     """The task's metrics of a saved model on one split (batches of similar length), in this process."""
-    model, tokenizer = _load(str(model_dir), data.worker_spec())
+    model, tokenizer = load_saved(str(model_dir), data.worker_spec())
     scored = compare_variants({"torch": model.eval()}, data, tokenizer, max_length, (split,), reference="torch")
     return scored["metrics"]["torch"][split]
 
