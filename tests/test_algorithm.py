@@ -16,7 +16,8 @@ from xdray.distill.batches import model_inputs
 from xdray.distill.objective import DistillModule, Objective, teacher_targets
 from xdray.distill.schedule import Data, TorchBackend, expand_stages, run_schedule
 from xdray.distill.units import block_units, param_groups, set_trainable
-from xdray.distill.student import build_student, param_counts, pca_compress, spread_layers
+from xdray.distill.architectures import param_counts
+from xdray.distill.student import build_student, pca_compress, spread_layers
 from xdray.errors import XdrayError
 
 

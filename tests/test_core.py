@@ -9,7 +9,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 from xdray.config import StudentConfig
 from xdray.distill.batches import accuracy, collate, length_sorted_batches
-from xdray.distill.student import build_student, param_counts, pca_compress
+from xdray.distill.architectures import param_counts
+from xdray.distill.student import build_student, pca_compress
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,12 @@ from torch import nn
 
 from xdray.distill import losses as L
 from xdray.distill.batches import model_inputs
-from xdray.distill.student import encoder_blocks
+from xdray.distill.architectures import encoder_blocks
 
-QKV_NAMES = (("query", "key", "value"), ("q", "k", "v"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"))
-"""How encoders name their attention projections: BERT, RoBERTa, XLM-R, ALBERT; MPNet; DistilBERT; others."""
+QKV_NAMES = (("query", "key", "value"), ("q", "k", "v"), ("q_lin", "k_lin", "v_lin"),
+             ("query_proj", "key_proj", "value_proj"), ("q_proj", "k_proj", "v_proj"))
+"""How encoders name their attention projections: BERT, RoBERTa, XLM-R, ELECTRA, ALBERT; MPNet; DistilBERT;
+DeBERTa; others."""
 
 
 def qkv_projections(block: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:

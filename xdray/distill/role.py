@@ -30,7 +30,8 @@ class StudentRole(Role):
             teacher, teacher_config = None, AutoConfig.from_pretrained(spec.init)
         else:
             teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code)
-            student, teacher_config = build_student(student_cfg, teacher, spec.num_labels, spec.seed), teacher.config
+            student = build_student(student_cfg, teacher, spec.num_labels, spec.seed, tokenizer=tokenizer)
+            teacher_config = teacher.config
         rep = spec.representation
         mapping = tuple(layer_map(student_cfg.layers, teacher_config.num_hidden_layers, rep["layer_map"]))
         if _uses(spec, "attention") and rep["attention"] == "mean_heads":  # fused kernels return no attention maps

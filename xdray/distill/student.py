@@ -5,9 +5,12 @@
   ``save_pretrained`` and load with ``AutoModelForSequenceClassification`` without remote code.
 - ``init``: ``random``; ``teacher-layers`` (copy a subset of the teacher's blocks);
   ``pretrained:<path or hub id>`` (a small pre-trained encoder such as MiniLM, as the paper does). Hidden size
-  and heads must match the source; a narrower FFN keeps the source's most important neurons.
+  and heads must match the source; a narrower FFN keeps the source's most important neurons. Blocks copy only
+  between architectures with BERT's block layout (``architectures``); positions are re-based, since
+  RoBERTa-style tables start at ``pad_token_id + 1`` and the student's at 0.
 - Word embeddings: ``pca`` (the teacher's matrix projected onto its top principal components — also how the
-  student takes on the teacher's vocabulary), ``copy`` (from the init source) or ``random``.
+  student takes on the teacher's vocabulary), ``copy`` (from the init source, across vocabularies by token:
+  ``vocab``) or ``random``.
 - Random weights are drawn with ``StudentConfig.initializer_range``: BERT's 0.02, or (``init_std: width``)
   scaled to the width, since at 0.02 every residual branch of a narrow student starts so small that its [CLS]
   state barely depends on the input.
@@ -19,14 +22,19 @@ import torch
 from torch import nn
 from transformers import (
     AlbertConfig,
+    AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertConfig,
     PretrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 
 from xdray.config import StudentConfig
+from xdray.distill.architectures import check_copyable, encoder_blocks, position_offset
+from xdray.distill.vocab import carry_embeddings, map_vocab
 from xdray.errors import XdrayError
 
 
@@ -38,8 +46,8 @@ def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: i
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         intermediate_size=spec.ffn_width,
-        max_position_embeddings=getattr(teacher, "max_position_embeddings", 512),
-        type_vocab_size=getattr(teacher, "type_vocab_size", 2),
+        max_position_embeddings=getattr(teacher, "max_position_embeddings", 512) - position_offset(teacher),
+        type_vocab_size=max(getattr(teacher, "type_vocab_size", 2), 2),  # pairs, even where the teacher has no types
         pad_token_id=getattr(teacher, "pad_token_id", 0) or 0,
         hidden_act="gelu",
         initializer_range=spec.initializer_range,
@@ -55,8 +63,10 @@ def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: i
     return BertConfig(**common)
 
 
-def build_student(spec: StudentConfig, teacher: PreTrainedModel, num_labels: int, seed: int = 0) -> PreTrainedModel:
-    """A student classifier for ``teacher``'s vocabulary; deterministic for a given seed."""
+def build_student(spec: StudentConfig, teacher: PreTrainedModel, num_labels: int, seed: int = 0,
+                  tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
+    """A student classifier for ``teacher``'s vocabulary; deterministic for a given seed. ``tokenizer`` (the
+    teacher's) lets ``embeddings: copy`` carry a ``pretrained:`` source's rows across vocabularies."""
     check_student(spec, teacher.config)
     torch.manual_seed(seed)
     student = AutoModelForSequenceClassification.from_config(student_config(spec, teacher.config, num_labels))
@@ -65,7 +75,6 @@ def build_student(spec: StudentConfig, teacher: PreTrainedModel, num_labels: int
         source = teacher.base_model
     elif spec.init.startswith("pretrained:"):
         source = AutoModel.from_pretrained(spec.init.removeprefix("pretrained:"))
-        check_source(spec, source.config, teacher.config.vocab_size)
     if source is not None:
         _copy_encoder(source, student.base_model, spec.init_layers)
     words = student.get_input_embeddings().weight
@@ -73,19 +82,37 @@ def build_student(spec: StudentConfig, teacher: PreTrainedModel, num_labels: int
         if spec.embeddings == "pca":
             words.copy_(pca_compress(teacher.get_input_embeddings().weight.detach(), spec.embedding_width))
         elif spec.embeddings == "copy":
-            words.copy_(source.get_input_embeddings().weight)
+            words.copy_(_source_words(spec, source, teacher, tokenizer))
     return student
+
+
+def _source_words(spec: StudentConfig, source: PreTrainedModel, teacher: PreTrainedModel,
+                  tokenizer: PreTrainedTokenizerBase | None) -> torch.Tensor:
+    rows = source.get_input_embeddings().weight.detach()
+    if spec.init == "teacher-layers":
+        return rows
+    source_tokenizer = AutoTokenizer.from_pretrained(spec.init.removeprefix("pretrained:"))
+    if tokenizer is None:
+        raise ValueError("embeddings: copy from a pretrained source needs the teacher's tokenizer")
+    if source_tokenizer.get_vocab() == tokenizer.get_vocab():
+        return rows
+    teacher_rows = teacher.get_input_embeddings().weight.detach()
+    words, _ = carry_embeddings(map_vocab(tokenizer, source_tokenizer), rows,
+                                pca_compress(teacher_rows, rows.shape[1]))
+    return words
 
 
 def check_student(spec: StudentConfig, teacher: PretrainedConfig) -> None:
     """Fail before any training when the init cannot apply to this teacher (one line, with the fix)."""
-    if spec.init != "teacher-layers":
-        return
-    check_source(spec, teacher, teacher.vocab_size)
+    if spec.init == "teacher-layers":
+        check_source(spec, teacher)
+    elif spec.init.startswith("pretrained:"):
+        check_source(spec, AutoConfig.from_pretrained(spec.init.removeprefix("pretrained:")))
 
 
-def check_source(spec: StudentConfig, source: PretrainedConfig, vocab_size: int) -> None:
+def check_source(spec: StudentConfig, source: PretrainedConfig) -> None:
     what = f"distill.student.init={spec.init}"
+    check_copyable(source, what)
     hidden, heads = getattr(source, "hidden_size", None), getattr(source, "num_attention_heads", None)
     ffn = getattr(source, "intermediate_size", None)
     if (spec.hidden, spec.heads) != (hidden, heads) or ffn is None or spec.ffn_width > ffn:
@@ -102,11 +129,6 @@ def check_source(spec: StudentConfig, source: PretrainedConfig, vocab_size: int)
             "fix: pick layer indices 0.."
             f"{layers - 1}"
         )
-    if source.vocab_size != vocab_size:
-        raise XdrayError(
-            f"{what}: the source vocabulary ({source.vocab_size}) is not the teacher's ({vocab_size}); "
-            "fix: use a checkpoint with the teacher's tokenizer"
-        )
 
 
 def spread_layers(source_layers: int, layers: int) -> list[int]:
@@ -114,17 +136,19 @@ def spread_layers(source_layers: int, layers: int) -> list[int]:
     return [round((i + 1) * source_layers / layers) - 1 for i in range(layers)]
 
 
-def _copy_encoder(source: nn.Module, student: nn.Module, chosen: list[int] | None) -> None:
-    """Copy position/type embeddings, the embedding LayerNorm and the chosen blocks (word embeddings aside)."""
-    src_layers = source.encoder.layer
-    chosen = chosen or spread_layers(len(src_layers), len(student.encoder.layer))
+def _copy_encoder(source: PreTrainedModel, student: PreTrainedModel, chosen: list[int] | None) -> None:
+    """Copy position/type embeddings, the embedding LayerNorm and the chosen blocks (word embeddings aside);
+    position rows are re-based to start at 0."""
+    src_layers, dst_layers = encoder_blocks(source), encoder_blocks(student)
+    chosen = chosen or spread_layers(len(src_layers), len(dst_layers))
+    offsets = {"position_embeddings": position_offset(source.config), "token_type_embeddings": 0}
     with torch.no_grad():
-        for name in ("position_embeddings", "token_type_embeddings"):
-            src, dst = getattr(source.embeddings, name).weight, getattr(student.embeddings, name).weight
+        for name, offset in offsets.items():
+            src, dst = getattr(source.embeddings, name).weight[offset:], getattr(student.embeddings, name).weight
             rows = min(len(src), len(dst))
             dst[:rows].copy_(src[:rows])
         student.embeddings.LayerNorm.load_state_dict(source.embeddings.LayerNorm.state_dict())
-        for dst, i in zip(student.encoder.layer, chosen):
+        for dst, i in zip(dst_layers, chosen):
             _copy_block(src_layers[i], dst)
 
 
@@ -161,36 +185,3 @@ def pca_compress(matrix: torch.Tensor, dim: int) -> torch.Tensor:
     top = top * torch.sign(top.gather(0, top.abs().argmax(0, keepdim=True)))
     projected = centered @ top.float()
     return projected * (matrix.std() / projected.std().clamp_min(1e-8))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The parts of an encoder, bottom to top: what param counts and gradual unfreezing work with
-
-
-def encoder_blocks(model: PreTrainedModel) -> list[nn.Module]:
-    """The transformer blocks, bottom first (BERT-like ``encoder.layer``, ALBERT's unshared groups, or
-    DistilBERT's ``transformer.layer``)."""
-    base = model.base_model
-    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
-    blocks = getattr(encoder, "albert_layer_groups", None) or getattr(encoder, "layer", None)
-    if blocks is None:
-        raise XdrayError(f"{type(model).__name__}: no transformer blocks found; fix: use a BERT-like encoder")
-    return list(blocks)
-
-
-def embedding_modules(model: PreTrainedModel) -> list[nn.Module]:
-    """Everything before the first block (ALBERT's E→H mapping is part of its factorized embedding)."""
-    base = model.base_model
-    mapping = getattr(getattr(base, "encoder", None), "embedding_hidden_mapping_in", None)
-    return [base.embeddings] + ([mapping] if mapping is not None else [])
-
-
-def param_counts(model: PreTrainedModel) -> dict[str, int]:
-    """Exact parameter counts: embeddings, encoder blocks, head (pooler + classifier), total."""
-    def size(modules):
-        return sum(p.numel() for m in modules for p in m.parameters())
-
-    counts = {"embeddings": size(embedding_modules(model)), "encoder": size(encoder_blocks(model))}
-    counts["total"] = sum(p.numel() for p in model.parameters())
-    counts["head"] = counts["total"] - counts["embeddings"] - counts["encoder"]
-    return {k: counts[k] for k in ("embeddings", "encoder", "head", "total")}

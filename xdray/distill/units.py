@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xdray.distill.student import embedding_modules, encoder_blocks
+from xdray.distill.architectures import embedding_modules, encoder_blocks
 
 HEAD = "head"
 EMBEDDINGS = "embeddings"

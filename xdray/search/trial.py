@@ -25,7 +25,8 @@ from xdray.common.tracking import Tracker
 from xdray.config import DistillConfig, XdrayConfig
 from xdray.config.space import Candidate, candidate, stages
 from xdray.distill.role import StudentRole
-from xdray.distill.student import build_student, param_counts
+from xdray.distill.architectures import param_counts
+from xdray.distill.student import build_student
 from xdray.train.fit import export_student, fit, make_spec
 from xdray.train.role import count_forwards
 
@@ -81,7 +82,7 @@ def _build(ctx: TrialContext, cand: Candidate, dest: Path) -> tuple[dict, int]:
     cfg = ctx.cfg
     teacher, tokenizer = load_classifier(str(cfg.teacher_dir), trust_remote_code=cfg.teacher.trust_remote_code)
     forwards = count_forwards(teacher)
-    student = build_student(cand.student, teacher, ctx.num_labels, cfg.seed)
+    student = build_student(cand.student, teacher, ctx.num_labels, cfg.seed, tokenizer=tokenizer)
     tmp = staging_dir(dest)
     student.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
