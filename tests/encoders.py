@@ -96,7 +96,7 @@ def build_tiny_encoder(kind: str, directory: Path, corpus: list[str]) -> Path:
                        unk_token="[UNK]", mask_token="<mask>")
         cls, model_cls = "MPNetTokenizer", MPNetModel
         config = MPNetConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=66, pad_token_id=1,
-                             relative_attention_num_buckets=8, **SIZE)
+                             **SIZE)  # 32 relative buckets: MPNet hard-codes that many in its forward
     elif kind == "electra":
         tok = _wordpiece(corpus, BERT_STYLE, "[UNK]")
         _bert_pairs(tok)

@@ -4,17 +4,21 @@ and a ``pretrained:`` source carried across vocabularies."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import yaml
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from xdray.cli import main
 from xdray.config import StudentConfig
 from xdray.distill.architectures import embedding_modules, encoder_blocks, param_counts, position_offset
 from xdray.distill.student import build_student, check_student
 from xdray.distill.vocab import map_vocab
 from xdray.errors import XdrayError
 
-from .conftest import NEGATIVE, NOUNS, POSITIVE, build_tiny_backbone
+from .conftest import NEGATIVE, NOUNS, POSITIVE, build_tiny_backbone, tiny_config
 from .encoders import KINDS, build_tiny_encoder
 
 CORPUS = [f"the {n} is {a} and the rest follows" for n in NOUNS for a in POSITIVE + NEGATIVE] * 3
@@ -110,3 +114,32 @@ def test_token_spellings_match_across_conventions(teachers, teacher_kind, source
                                                        source.convert_ids_to_tokens(s_ids))
     assert whole >= 8
     assert mapping[teacher.pad_token_id] == source.pad_token_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["roberta", "mpnet", "deberta-v2"])
+def test_every_family_teaches_through_label_and_distill(ray_local, tiny_task, tmp_path, kind):
+    """teacher → label → distill from a tiny teacher of the families furthest from BERT (byte-level BPE, pad id 1,
+    no segment ids, positions after the pad; MPNet's relative bias; DeBERTa's disentangled attention, no absolute
+    positions, no type vocabulary); XLM-R and ELECTRA differ from those only in what the tests above check. The
+    student is a standard BERT on the teacher's vocabulary that loads with ``AutoModelForSequenceClassification``
+    and the teacher's tokenizer."""
+    corpus = tiny_task["transfer"].read_text().splitlines()
+    backbone = build_tiny_encoder(kind, tmp_path / "backbone", corpus)
+    cfg = tiny_config(tiny_task, tmp_path / "out", teacher={"backbone": str(backbone), "epochs": 3},
+                      label={"actors": 1}, distill={"workers": 1})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(cfg))
+    for step in ("teacher", "label", "distill"):
+        assert main([step, str(job)]) == 0, (kind, step)
+    student_dir = tmp_path / "out" / "distill" / "student"
+    student = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    assert student.config.model_type == "bert" and student.config.vocab_size == AutoConfig.from_pretrained(
+        backbone).vocab_size
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(backbone).get_vocab()
+    with torch.no_grad():
+        logits = student(**tokenizer(["the film is great", "a dull movie"], padding=True, return_tensors="pt")).logits
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    summary = json.loads((tmp_path / "out" / "distill" / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.7, (kind, summary["test_accuracy"])
