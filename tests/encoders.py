@@ -54,7 +54,8 @@ def _unigram(corpus: list[str], specials: list[str], unk: str) -> Tokenizer:
     pieces = [(f"▁{w}", math.log(n / total)) for w, n in counts.most_common()]
     pieces += [(c, math.log(n / total) - 5) for c, n in chars.most_common()] + [("▁", -20.0)]
     tok = Tokenizer(models.Unigram([(s, 0.0) for s in specials] + pieces, unk_id=specials.index(unk)))
-    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizers.NFKC(), pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tok.normalizer, tok.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
     tok.add_special_tokens(specials)
     return tok
 

@@ -1,4 +1,4 @@
-"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples|transfer-sets`.
+"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples|transfer-sets|teachers`.
 
 Every problem the user can fix ends as one line on stderr and exit status 2 (bad config / input) or 1
 (a step failed); tracebacks are for bugs.
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--dir", default="data/transfer", type=Path, help="where to write (default data/transfer)")
     transfer.add_argument("--data-verb", type=Path, metavar="PATH",
                           help="WordNet 3.0 data.verb to use (default: apt-get download wordnet-base)")
+    teachers = data.add_parser("teachers", help="prepare offline teachers (mpnet-base, me5-small)")
+    teachers.add_argument("--dir", default="data/teachers", type=Path, help="where to write (default data/teachers)")
+    teachers.add_argument("names", nargs="*", metavar="NAME", help="mpnet-base and/or me5-small (default: both)")
     return parser
 
 
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "data":
             if args.data_command == "transfer-sets":
                 return _transfer_sets(args.dir, args.data_verb)
+            if args.data_command == "teachers":
+                return _teachers(args.dir, args.names)
             return _samples(args.dir)
         if args.command == "submit":
             from xdray.submit import submit
@@ -86,6 +91,17 @@ def _samples(directory: Path) -> int:
     manifest = prepare_samples(directory)
     rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
     print(f"sample data ready in {directory}: movie sentiment ({rows}), {manifest['transfer_lines']} transfer lines")
+    return 0
+
+
+def _teachers(directory: Path, names: list[str]) -> int:
+    from xdray.data.teachers import prepare_teachers
+
+    manifest = prepare_teachers(directory, names)
+    for name, entry in manifest.items():
+        check = entry.get("check", {}).get("retrieval_acc@1")
+        print(f"teacher ready: {directory / name} ({entry['params'] / 1e6:.1f}M params"
+              + (f"; retrieval acc@1 {check}" if check else "") + ")")
     return 0
 
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from xdray.distill import losses as L
-from xdray.distill.batches import model_inputs
 from xdray.distill.architectures import encoder_blocks
+from xdray.distill.batches import model_inputs
 
 QKV_NAMES = (("query", "key", "value"), ("q", "k", "v"), ("q_lin", "k_lin", "v_lin"),
              ("query_proj", "key_proj", "value_proj"), ("q_proj", "k_proj", "v_proj"))

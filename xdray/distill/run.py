@@ -11,13 +11,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from xdray.common.tracking import Tracker
 from xdray.config import StudentConfig, XdrayConfig
+from xdray.console import console
 from xdray.data.tables import LabeledSplit, load_splits, text_table
 from xdray.distill.role import StudentRole
-from xdray.distill.student import check_student
+from xdray.distill.student import check_student, init_report
 from xdray.errors import XdrayError
 from xdray.label.run import check_labels
 from xdray.train.fit import finish_classifier, fit, make_spec, rows_source, run_name
@@ -82,6 +83,10 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
     dc = cfg.distill
     stages = [s.model_dump() for s in dc.stages]
     check_student_fits(cfg, dc.student, dc.uses_hidden)
+    init = init_report(dc.student, AutoTokenizer.from_pretrained(cfg.teacher_dir))
+    if init:
+        console.line(f"distill: {init['source']} embeddings cover {init['shared_tokens']} of the teacher's "
+                     f"{init['teacher_tokens']} tokens ({init['vocab_coverage']:.1%}); the rest from the teacher's PCA")
     datasets, dev_table = student_data(cfg, train, dev, stages, [dc.student.layers])
     with tracker.run(cfg, "distill", parent) as run_id:
         tracker.params(run_id, {"distill": dc.model_dump(mode="json"), "teacher": str(cfg.teacher_dir)})
@@ -92,5 +97,5 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         name = run_name("distill", spec, dc, [cfg.data.train, cfg.data.dev, cfg.labels_dir / "_manifest.json"])
         result = fit(spec, dc, datasets, out / "ray", name)
         summary = finish_classifier(cfg, tracker, run_id, "distill", result, test, time.perf_counter() - t0,
-                                    out / "student", log_model=True)
+                                    out / "student", log_model=True, extra={"student_init": init} if init else None)
     return summary

@@ -102,6 +102,15 @@ def _source_words(spec: StudentConfig, source: PreTrainedModel, teacher: PreTrai
     return words
 
 
+def init_report(spec: StudentConfig, tokenizer: PreTrainedTokenizerBase) -> dict | None:
+    """How much of the teacher's vocabulary a ``pretrained:`` source's embedding rows cover (``embeddings: copy``)."""
+    if not (spec.init.startswith("pretrained:") and spec.embeddings == "copy"):
+        return None
+    mapping = map_vocab(tokenizer, AutoTokenizer.from_pretrained(spec.init.removeprefix("pretrained:")))
+    return {"source": spec.init, "vocab_coverage": round(mapping.coverage, 4),
+            "shared_tokens": len(mapping.teacher_ids), "teacher_tokens": mapping.teacher_size}
+
+
 def check_student(spec: StudentConfig, teacher: PretrainedConfig) -> None:
     """Fail before any training when the init cannot apply to this teacher (one line, with the fix)."""
     if spec.init == "teacher-layers":

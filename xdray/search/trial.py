@@ -24,8 +24,8 @@ from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker
 from xdray.config import DistillConfig, XdrayConfig
 from xdray.config.space import Candidate, candidate, stages
-from xdray.distill.role import StudentRole
 from xdray.distill.architectures import param_counts
+from xdray.distill.role import StudentRole
 from xdray.distill.student import build_student
 from xdray.train.fit import export_student, fit, make_spec
 from xdray.train.role import count_forwards

@@ -129,7 +129,7 @@ def test_accuracy(model_dir: Path, split: LabeledSplit, max_length: int) -> floa
 
 def finish_classifier(
     cfg: XdrayConfig, tracker: Tracker, run_id: str, step: str, result: ray.train.Result, test: LabeledSplit,
-    seconds: float, model_dir: Path, log_model: bool,
+    seconds: float, model_dir: Path, log_model: bool, extra: dict | None = None,
 ) -> dict:
     """The end of a source-task job (teacher, distill): export the model to ``model_dir``, score it on test
     once, log it (as an MLflow model with ``log_model``; the distilled student is also registered under
@@ -151,6 +151,7 @@ def finish_classifier(
         "history": trained["history"],
         "model_dir": str(model_dir),
         "mlflow_run_id": run_id,
+        **(extra or {}),
     }
     tracker.metrics(run_id, {"test_accuracy": summary["test_accuracy"], "final_dev_accuracy": summary["dev_accuracy"],
                              "params_total": summary["params"]["total"], "seconds": summary["seconds"]})

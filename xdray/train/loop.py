@@ -26,10 +26,10 @@ from ray.train import Checkpoint
 
 from xdray.common.files import write_json
 from xdray.common.memory import keep_freed_memory
+from xdray.distill.architectures import encoder_blocks, param_counts
 from xdray.distill.batches import table_batches
 from xdray.distill.objective import Objective, teacher_targets
 from xdray.distill.schedule import Data, Phase, Position, evaluate, expand_stages, run_schedule
-from xdray.distill.architectures import encoder_blocks, param_counts
 from xdray.train import checkpoints
 from xdray.train.engine import DeepSpeedBackend, TrainSpec, build_engine, save_fp32
 from xdray.train.order import blocks_of, epoch_batches, plan_epoch
