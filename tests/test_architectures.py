@@ -22,6 +22,7 @@ from .conftest import NEGATIVE, NOUNS, POSITIVE, build_tiny_backbone, tiny_confi
 from .encoders import KINDS, build_tiny_encoder
 
 CORPUS = [f"the {n} is {a} and the rest follows" for n in NOUNS for a in POSITIVE + NEGATIVE] * 3
+EXTRA = ["zebra", "quantum", "harbour", "violin", "glacier", "saffron", "lantern", "meadow"]
 COPYABLE = {"bert", "roberta", "xlm-roberta", "electra"}
 
 
@@ -117,29 +118,40 @@ def test_token_spellings_match_across_conventions(teachers, teacher_kind, source
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["roberta", "mpnet", "deberta-v2"])
-def test_every_family_teaches_through_label_and_distill(ray_local, tiny_task, tmp_path, kind):
+@pytest.mark.parametrize("kind,vocab", [("roberta", "teacher"), ("mpnet", "teacher"), ("deberta-v2", "prune")])
+def test_every_family_teaches_through_label_and_distill(ray_local, tiny_task, tmp_path, kind, vocab):
     """teacher → label → distill from a tiny teacher of the families furthest from BERT (byte-level BPE, pad id 1,
     no segment ids, positions after the pad; MPNet's relative bias; DeBERTa's disentangled attention, no absolute
     positions, no type vocabulary); XLM-R and ELECTRA differ from those only in what the tests above check. The
-    student is a standard BERT on the teacher's vocabulary that loads with ``AutoModelForSequenceClassification``
-    and the teacher's tokenizer."""
+    student is a standard BERT on the teacher's vocabulary (or the part of it the data uses: ``prune``, with a
+    teacher whose tokenizer also knows words the task never uses) that loads with
+    ``AutoModelForSequenceClassification`` and the saved tokenizer, and serves alone."""
     corpus = tiny_task["transfer"].read_text().splitlines()
-    backbone = build_tiny_encoder(kind, tmp_path / "backbone", corpus)
+    extra = [f"a {x} near the {y}" for x in EXTRA for y in EXTRA] if vocab == "prune" else []
+    backbone = build_tiny_encoder(kind, tmp_path / "backbone", corpus + extra)
     cfg = tiny_config(tiny_task, tmp_path / "out", teacher={"backbone": str(backbone), "epochs": 3},
-                      label={"actors": 1}, distill={"workers": 1})
+                      label={"actors": 1}, distill={"workers": 1, "student": {"layers": 1, "hidden": 16, "heads": 2,
+                                                                              "vocab": vocab}})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(cfg))
     for step in ("teacher", "label", "distill"):
         assert main([step, str(job)]) == 0, (kind, step)
     student_dir = tmp_path / "out" / "distill" / "student"
     student = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    assert student.config.model_type == "bert" and student.config.vocab_size == AutoConfig.from_pretrained(
-        backbone).vocab_size
-    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(backbone).get_vocab()
+    tokenizer, teacher_tokenizer = AutoTokenizer.from_pretrained(student_dir), AutoTokenizer.from_pretrained(backbone)
+    summary = json.loads((tmp_path / "out" / "distill" / "summary.json").read_text())
+    assert student.config.model_type == "bert" and student.config.vocab_size == len(tokenizer)
+    if vocab == "teacher":
+        assert tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
+        assert student.config.vocab_size == AutoConfig.from_pretrained(backbone).vocab_size
+    else:
+        report = summary["vocab"]
+        assert report["kept_pieces"] == len(tokenizer) < report["teacher_pieces"] == len(teacher_tokenizer)
+        assert not {f"▁{x}" for x in EXTRA} & set(tokenizer.get_vocab())  # words only the tokenizer knew
+        text = "the film is great"
+        assert tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"]) == \
+            teacher_tokenizer.convert_ids_to_tokens(teacher_tokenizer(text)["input_ids"])
     with torch.no_grad():
         logits = student(**tokenizer(["the film is great", "a dull movie"], padding=True, return_tensors="pt")).logits
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
-    summary = json.loads((tmp_path / "out" / "distill" / "summary.json").read_text())
-    assert summary["test_accuracy"] > 0.7, (kind, summary["test_accuracy"])
+    assert summary["test_accuracy"] > 0.7, (kind, summary["test_accuracy"])  # scored from the saved directory

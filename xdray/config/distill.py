@@ -34,6 +34,12 @@ class StudentConfig(Section):
     init source; ``random``."""
     freeze_embeddings: bool = False
     """Keep the word/position embeddings fixed in every stage (the paper's frozen-PCA variant)."""
+    vocab: Literal["teacher", "prune"] = "teacher"
+    """``teacher``: the teacher's whole vocabulary; ``prune``: only the special tokens, the single-character
+    pieces and the pieces the transfer corpus and the task splits use (a multilingual teacher's embedding table is
+    most of its parameters). The pruned tokenizer is saved with the student."""
+    vocab_cap: int | None = Field(None, ge=16)
+    """With ``prune``: at most this many pieces (specials and single characters always; then the most frequent)."""
     init_std: float | Literal["width"] = 0.02
     """Std of the randomly initialised weights (the HF config's ``initializer_range``; BERT's 0.02 by default).
     ``width``: 0.02 x sqrt(768 / hidden), BERT's value at BERT-base's width scaled to the student's. At 0.02 a

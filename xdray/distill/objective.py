@@ -54,11 +54,14 @@ def captured_qkv(block: nn.Module) -> Iterator[list[torch.Tensor | None]]:
 
 
 class DistillModule(nn.Module):
-    """The student plus per-layer projections (dropout → linear into the teacher's width) when H_s ≠ H_t."""
+    """The student plus per-layer projections (dropout → linear into the teacher's width) when H_s ≠ H_t.
+    ``id_map`` (teacher id → student id) lets a student with a pruned vocabulary read the teacher's ids."""
 
-    def __init__(self, student: nn.Module, teacher_hidden: int | None, states: int, dropout: float = 0.1):
+    def __init__(self, student: nn.Module, teacher_hidden: int | None, states: int, dropout: float = 0.1,
+                 id_map: torch.Tensor | None = None):
         super().__init__()
         self.student = student
+        self.register_buffer("id_map", id_map, persistent=False)
         width = student.config.hidden_size
         self.projections = None
         if teacher_hidden and teacher_hidden != width:
@@ -71,6 +74,8 @@ class DistillModule(nn.Module):
         """Logits always; ``positions`` adds the projected states at those positions; ``tokens`` the raw
         (B, T, H) states; ``attentions`` the attention maps; ``qkv`` the top block's queries, keys, values."""
         types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # not every encoder has them
+        if self.id_map is not None:
+            input_ids = self.id_map[input_ids]
         with captured_qkv(encoder_blocks(self.student)[-1]) if qkv else nullcontext() as top:
             out = self.student(
                 input_ids=input_ids, attention_mask=attention_mask, **types,

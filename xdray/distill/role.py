@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 from xdray.common.hf import load_classifier
 from xdray.config import StudentConfig
 from xdray.distill.losses import layer_map
 from xdray.distill.objective import DistillModule
+from xdray.distill.prune import id_map, prune_tokenizer
 from xdray.distill.student import build_student
 from xdray.train.engine import TrainSpec
 from xdray.train.role import Built, Role, count_forwards
@@ -21,16 +22,20 @@ class StudentRole(Role):
     student: dict  # a ``StudentConfig`` dump
     student_dir: str | None = None  # a student already built (search trials): workers never load the teacher
     teacher_mode: str = "offline"  # "online": the teacher runs in the worker on transfer stages
+    pieces: tuple[int, ...] | None = None  # the teacher ids a pruned vocabulary keeps (``prune``)
 
     def build(self, spec: TrainSpec) -> Built:
         student_cfg = StudentConfig(**self.student)
         keep = self.teacher_mode == "online" and any(s["data"] == "transfer" for s in spec.stages)
-        if self.student_dir and not keep:  # only the teacher's config is read here
+        pieces = list(self.pieces) if self.pieces is not None else None
+        if self.student_dir and not keep:  # only the teacher's config (and tokenizer) is read here
             student, tokenizer = load_classifier(self.student_dir)
             teacher, teacher_config = None, AutoConfig.from_pretrained(spec.init)
+            if pieces is not None:  # the loop reads the teacher's ids; the student's pruned tokenizer is saved
+                tokenizer = AutoTokenizer.from_pretrained(spec.init)
         else:
             teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code)
-            student = build_student(student_cfg, teacher, spec.num_labels, spec.seed, tokenizer=tokenizer)
+            student = build_student(student_cfg, teacher, spec.num_labels, spec.seed, tokenizer=tokenizer, keep=pieces)
             teacher_config = teacher.config
         rep = spec.representation
         mapping = tuple(layer_map(student_cfg.layers, teacher_config.num_hidden_layers, rep["layer_map"]))
@@ -38,13 +43,14 @@ class StudentRole(Role):
             for model in (m for m in (student, teacher) if m is not None):
                 model.set_attn_implementation("eager")
         states = len(mapping) if _uses(spec, "hidden") else 0
-        module = DistillModule(student, teacher_config.hidden_size, states)
-        frozen = student_cfg.freeze_embeddings
+        module = DistillModule(student, teacher_config.hidden_size, states,
+                               id_map=None if pieces is None else id_map(pieces, tokenizer))
+        common = dict(freeze_embeddings=student_cfg.freeze_embeddings,
+                      save_tokenizer=None if pieces is None else prune_tokenizer(tokenizer, pieces))
         if not keep:
-            return Built(module, tokenizer, None, mapping, teacher_loaded=teacher is not None, freeze_embeddings=frozen)
+            return Built(module, tokenizer, None, mapping, teacher_loaded=teacher is not None, **common)
         teacher.eval().requires_grad_(False)
-        return Built(module, tokenizer, teacher, mapping, teacher_forwards=count_forwards(teacher),
-                     freeze_embeddings=frozen)
+        return Built(module, tokenizer, teacher, mapping, teacher_forwards=count_forwards(teacher), **common)
 
 
 def _uses(spec: TrainSpec, loss: str) -> bool:

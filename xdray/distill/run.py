@@ -17,6 +17,7 @@ from xdray.common.tracking import Tracker
 from xdray.config import StudentConfig, XdrayConfig
 from xdray.console import console
 from xdray.data.tables import LabeledSplit, load_splits, text_table
+from xdray.distill.prune import corpus_pieces
 from xdray.distill.role import StudentRole
 from xdray.distill.student import check_student, init_report
 from xdray.errors import XdrayError
@@ -83,19 +84,27 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
     dc = cfg.distill
     stages = [s.model_dump() for s in dc.stages]
     check_student_fits(cfg, dc.student, dc.uses_hidden)
-    init = init_report(dc.student, AutoTokenizer.from_pretrained(cfg.teacher_dir))
-    if init:
+    tokenizer = AutoTokenizer.from_pretrained(cfg.teacher_dir)
+    extra, pieces = {}, None
+    if init := init_report(dc.student, tokenizer):
+        extra["student_init"] = init
         console.line(f"distill: {init['source']} embeddings cover {init['shared_tokens']} of the teacher's "
                      f"{init['teacher_tokens']} tokens ({init['vocab_coverage']:.1%}); the rest from the teacher's PCA")
     datasets, dev_table = student_data(cfg, train, dev, stages, [dc.student.layers])
+    if dc.student.vocab == "prune":
+        pieces, extra["vocab"] = corpus_pieces(cfg, (train, dev, test), tokenizer)
+        console.line(f"distill: vocabulary pruned to {len(pieces)} of {len(tokenizer)} pieces (the data uses "
+                     f"{extra['vocab']['used_pieces']}), {extra['vocab']['embedding_params_saved']:,} embedding "
+                     "parameters fewer")
     with tracker.run(cfg, "distill", parent) as run_id:
         tracker.params(run_id, {"distill": dc.model_dump(mode="json"), "teacher": str(cfg.teacher_dir)})
-        role = StudentRole(dc.student.model_dump(), teacher_mode=dc.teacher_mode)
+        role = StudentRole(dc.student.model_dump(), teacher_mode=dc.teacher_mode,
+                           pieces=tuple(pieces) if pieces else None)
         spec = make_spec(cfg, dc, role, str(cfg.teacher_dir), stages, max(train.labels) + 1, dev_table,
                          out / "scratch", run_id)
         t0 = time.perf_counter()
         name = run_name("distill", spec, dc, [cfg.data.train, cfg.data.dev, cfg.labels_dir / "_manifest.json"])
         result = fit(spec, dc, datasets, out / "ray", name)
         summary = finish_classifier(cfg, tracker, run_id, "distill", result, test, time.perf_counter() - t0,
-                                    out / "student", log_model=True, extra={"student_init": init} if init else None)
+                                    out / "student", log_model=True, extra=extra)
     return summary

@@ -38,17 +38,20 @@ from xdray.distill.vocab import carry_embeddings, map_vocab
 from xdray.errors import XdrayError
 
 
-def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: int) -> PretrainedConfig:
-    """The HF config of the student: BERT, or ALBERT with unshared layers when the embedding is factorized."""
+def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: int,
+                   keep: list[int] | None = None) -> PretrainedConfig:
+    """The HF config of the student: BERT, or ALBERT with unshared layers when the embedding is factorized;
+    ``keep``: the teacher ids a pruned vocabulary keeps."""
+    pad = getattr(teacher, "pad_token_id", 0) or 0
     common = dict(
-        vocab_size=teacher.vocab_size,
+        vocab_size=teacher.vocab_size if keep is None else len(keep),
         hidden_size=spec.hidden,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         intermediate_size=spec.ffn_width,
         max_position_embeddings=getattr(teacher, "max_position_embeddings", 512) - position_offset(teacher),
         type_vocab_size=max(getattr(teacher, "type_vocab_size", 2), 2),  # pairs, even where the teacher has no types
-        pad_token_id=getattr(teacher, "pad_token_id", 0) or 0,
+        pad_token_id=pad if keep is None else keep.index(pad) if pad in keep else 0,
         hidden_act="gelu",
         initializer_range=spec.initializer_range,
         num_labels=num_labels,
@@ -64,12 +67,13 @@ def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: i
 
 
 def build_student(spec: StudentConfig, teacher: PreTrainedModel, num_labels: int, seed: int = 0,
-                  tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
-    """A student classifier for ``teacher``'s vocabulary; deterministic for a given seed. ``tokenizer`` (the
-    teacher's) lets ``embeddings: copy`` carry a ``pretrained:`` source's rows across vocabularies."""
+                  tokenizer: PreTrainedTokenizerBase | None = None, keep: list[int] | None = None) -> PreTrainedModel:
+    """A student classifier for ``teacher``'s vocabulary (or the ``keep`` rows of it: ``prune``); deterministic
+    for a given seed. ``tokenizer`` (the teacher's) lets ``embeddings: copy`` carry a ``pretrained:`` source's
+    rows across vocabularies."""
     check_student(spec, teacher.config)
     torch.manual_seed(seed)
-    student = AutoModelForSequenceClassification.from_config(student_config(spec, teacher.config, num_labels))
+    student = AutoModelForSequenceClassification.from_config(student_config(spec, teacher.config, num_labels, keep))
     source = None
     if spec.init == "teacher-layers":
         source = teacher.base_model
@@ -77,12 +81,12 @@ def build_student(spec: StudentConfig, teacher: PreTrainedModel, num_labels: int
         source = AutoModel.from_pretrained(spec.init.removeprefix("pretrained:"))
     if source is not None:
         _copy_encoder(source, student.base_model, spec.init_layers)
-    words = student.get_input_embeddings().weight
+    words, rows = student.get_input_embeddings().weight, keep if keep is not None else slice(None)
     with torch.no_grad():
         if spec.embeddings == "pca":
-            words.copy_(pca_compress(teacher.get_input_embeddings().weight.detach(), spec.embedding_width))
+            words.copy_(pca_compress(teacher.get_input_embeddings().weight.detach()[rows], spec.embedding_width))
         elif spec.embeddings == "copy":
-            words.copy_(_source_words(spec, source, teacher, tokenizer))
+            words.copy_(_source_words(spec, source, teacher, tokenizer)[rows])
     return student
 
 

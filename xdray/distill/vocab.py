@@ -32,7 +32,7 @@ class VocabMap:
         return len(self.teacher_ids) / self.teacher_size
 
 
-def _spelling(tokenizer: PreTrainedTokenizerBase):
+def spelling(tokenizer: PreTrainedTokenizerBase):
     """A function from a token to (starts a word, text) under this tokenizer's convention."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model, pre = spec["model"], json.dumps(spec.get("pre_tokenizer"))
@@ -61,7 +61,7 @@ def map_vocab(teacher: PreTrainedTokenizerBase, source: PreTrainedTokenizerBase)
         if t is not None and s is not None:
             pairs.setdefault(t, s)
     specials = set(teacher.all_special_ids)
-    t_spell, s_spell, lower = _spelling(teacher), _spelling(source), _lowercases(source)
+    t_spell, s_spell, lower = spelling(teacher), spelling(source), _lowercases(source)
     index: dict[tuple[bool, str], int] = {}
     for token, i in sorted(source.get_vocab().items(), key=lambda kv: kv[1]):
         index.setdefault(s_spell(token), i)

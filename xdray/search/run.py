@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 from xdray.common.files import file_stamp, replace_dir, staging_dir, write_json, write_summary
 from xdray.common.tracking import Tracker
@@ -25,6 +25,7 @@ from xdray.config import OBJECTIVES, XdrayConfig
 from xdray.console import console
 from xdray.config.space import candidate, every_candidate, stages, to_params
 from xdray.data.tables import load_splits
+from xdray.distill.prune import corpus_pieces
 from xdray.distill.run import check_student_fits, student_data
 from xdray.errors import XdrayError
 from xdray.search import pareto
@@ -163,7 +164,7 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
     out = cfg.step_dir("search")
     sc = cfg.search
     candidates = _check_space(cfg)
-    train, dev, _ = load_splits(cfg)
+    train, dev, test = load_splits(cfg)
     every_stage = [s for name in cfg.search_schedules() for s in stages(cfg, name)]
     datasets, dev_table = student_data(cfg, train, dev, every_stage, sorted({c.student.layers for c in candidates}))
     name = experiment_name(cfg)
@@ -171,8 +172,11 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
     with tracker.run(cfg, "search", parent, key=name) as search_run:
         tracker.params(search_run, {"search": sc.model_dump(mode="json", exclude={"budget"}), "experiment": name,
                                     "space_size": len(candidates)})
+        pieces = None
+        if cfg.distill.student.vocab == "prune":  # one choice for every trial: the data decides it, not the shape
+            pieces = tuple(corpus_pieces(cfg, (train, dev, test), AutoTokenizer.from_pretrained(cfg.teacher_dir))[0])
         ctx = TrialContext(cfg, tracker, search_run, name, cfg.search_trainer(), datasets, dev_table,
-                           max(train.labels) + 1, dev.texts[:sc.latency.sentences])
+                           max(train.labels) + 1, dev.texts[:sc.latency.sentences], pieces)
         tuner, resumed = _tuner(cfg, make_trial(ctx), name)
         t0 = time.perf_counter()
         with console.progress("search", "trials", _poll(ctx.out, sc.num_samples)):

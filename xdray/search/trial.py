@@ -25,6 +25,7 @@ from xdray.common.tracking import Tracker
 from xdray.config import DistillConfig, XdrayConfig
 from xdray.config.space import Candidate, candidate, stages
 from xdray.distill.architectures import param_counts
+from xdray.distill.prune import prune_tokenizer
 from xdray.distill.role import StudentRole
 from xdray.distill.student import build_student
 from xdray.train.fit import export_student, fit, make_spec
@@ -44,6 +45,7 @@ class TrialContext:
     dev_table: pa.Table
     num_labels: int
     latency_texts: list[str]
+    pieces: tuple[int, ...] | None = None  # a pruned vocabulary's teacher ids, shared by every trial
 
     @property
     def out(self) -> Path:
@@ -82,10 +84,11 @@ def _build(ctx: TrialContext, cand: Candidate, dest: Path) -> tuple[dict, int]:
     cfg = ctx.cfg
     teacher, tokenizer = load_classifier(str(cfg.teacher_dir), trust_remote_code=cfg.teacher.trust_remote_code)
     forwards = count_forwards(teacher)
-    student = build_student(cand.student, teacher, ctx.num_labels, cfg.seed, tokenizer=tokenizer)
+    keep = list(ctx.pieces) if ctx.pieces is not None else None
+    student = build_student(cand.student, teacher, ctx.num_labels, cfg.seed, tokenizer=tokenizer, keep=keep)
     tmp = staging_dir(dest)
     student.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    (tokenizer if keep is None else prune_tokenizer(tokenizer, keep)).save_pretrained(tmp)
     replace_dir(tmp, dest)
     return param_counts(student), forwards[0]
 
@@ -110,7 +113,7 @@ def make_trial(ctx: TrialContext):
             constants = {"params": counts["total"], **trial_latency(ctx, trial_dir / "init")[0]}
             tracker.metrics(run_id, constants)
             trainer = ctx.trainer.model_copy(update={"lr": cand.lr})
-            role = StudentRole(cand.student.model_dump(), student_dir=str(trial_dir / "init"))
+            role = StudentRole(cand.student.model_dump(), student_dir=str(trial_dir / "init"), pieces=ctx.pieces)
             spec = make_spec(cfg, trainer, role, str(cfg.teacher_dir), stages(cfg, cand.schedule),
                              ctx.num_labels, ctx.dev_table, trial_dir / "scratch", run_id)
             result = fit(spec, trainer, ctx.datasets, ctx.out / "ray" / "trials", f"trial-{trial_id}",

@@ -127,7 +127,7 @@ def worker_loop(config: dict) -> None:
         "zero_stage": spec.deepspeed["zero_stage"], "teacher_forwards": built.teacher_forwards[0],
         "teacher_loaded": built.teacher_loaded,
     }
-    _report_final(engine, built.tokenizer, summary, rank, spec.deepspeed["zero_stage"])
+    _report_final(engine, built.save_tokenizer or built.tokenizer, summary, rank, spec.deepspeed["zero_stage"])
 
 
 class Progress:

@@ -35,6 +35,7 @@ class Built:
     teacher_loaded: bool = True
     teacher_forwards: list[int] = field(default_factory=lambda: [0])
     freeze_embeddings: bool = False
+    save_tokenizer: PreTrainedTokenizerBase | None = None  # saved with the model (a pruned one), if not ``tokenizer``
 
 
 @dataclass(frozen=True)
