@@ -1,4 +1,4 @@
-"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples|transfer-sets|teachers`.
+"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples|transfer-sets|teachers|multilingual`.
 
 Every problem the user can fix ends as one line on stderr and exit status 2 (bad config / input) or 1
 (a step failed); tracebacks are for bugs.
@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     teachers = data.add_parser("teachers", help="prepare offline teachers (mpnet-base, me5-small)")
     teachers.add_argument("--dir", default="data/teachers", type=Path, help="where to write (default data/teachers)")
     teachers.add_argument("names", nargs="*", metavar="NAME", help="mpnet-base and/or me5-small (default: both)")
+    multi = data.add_parser("multilingual", help="prepare the cross-lingual LibreOffice help task and corpus")
+    multi.add_argument("--dir", default="data/multilingual", type=Path,
+                       help="where to write (default data/multilingual)")
+    multi.add_argument("--languages", default="de,fr,es,it,ja",
+                       help="comma-separated help languages Debian ships (default de,fr,es,it,ja)")
     return parser
 
 
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _transfer_sets(args.dir, args.data_verb)
             if args.data_command == "teachers":
                 return _teachers(args.dir, args.names)
+            if args.data_command == "multilingual":
+                return _multilingual(args.dir, [x for x in args.languages.split(",") if x.strip()])
             return _samples(args.dir)
         if args.command == "submit":
             from xdray.submit import submit
@@ -102,6 +109,17 @@ def _teachers(directory: Path, names: list[str]) -> int:
         check = entry.get("check", {}).get("retrieval_acc@1")
         print(f"teacher ready: {directory / name} ({entry['params'] / 1e6:.1f}M params"
               + (f"; retrieval acc@1 {check}" if check else "") + ")")
+    return 0
+
+
+def _multilingual(directory: Path, languages: list[str]) -> int:
+    from xdray.data.multilingual import prepare_multilingual
+
+    manifest = prepare_multilingual(directory, languages)
+    rows, langs = manifest["rows"], ", ".join(manifest["languages"])
+    print(f"multilingual data ready in {directory}: libreoffice {len(manifest['labels'])}-class (train "
+          f"{rows['train']}, dev {rows['dev']}, test {rows['test']} in each of en, {langs}), "
+          f"{manifest['transfer_lines']} transfer lines")
     return 0
 
 

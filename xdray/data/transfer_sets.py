@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
-import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from urllib.parse import unquote
 
 from xdray.common.files import write_json
+from xdray.data.debian import fetch_deb
 from xdray.data.samples import VADER_SDIST, _read_ground_truth, _vader_sdist
 from xdray.data.tables import write_atomic_tsv
 from xdray.errors import XdrayError
@@ -147,37 +145,9 @@ def _write_splits(directory: Path, rows: list[tuple[str, object]], fmt: Callable
 
 
 def _fetch_data_verb(cache: Path) -> tuple[Path, str]:
-    """``apt-get download wordnet-base`` into ``cache`` (kept for reruns) and ``dpkg -x`` it; no root needed."""
-    debs = sorted(cache.glob(f"{DEBIAN_PACKAGE}_*.deb"))
-    if not debs:
-        for tool in ("apt-get", "dpkg"):
-            if shutil.which(tool) is None:
-                raise XdrayError(f"{tool} not found, so Debian's {DEBIAN_PACKAGE} cannot be fetched; {_HELP}")
-        cache.mkdir(parents=True, exist_ok=True)
-        _run(["apt-get", "download", DEBIAN_PACKAGE], cache, f"apt-get download {DEBIAN_PACKAGE}")
-        debs = sorted(cache.glob(f"{DEBIAN_PACKAGE}_*.deb"))
-        if not debs:
-            raise XdrayError(f"apt-get download {DEBIAN_PACKAGE} left no .deb in {cache}; {_HELP}")
-    deb = debs[-1]
-    tree = cache / DEBIAN_PACKAGE
+    """``data.verb`` out of Debian's ``wordnet-base``, and where it came from."""
+    tree, version = fetch_deb(DEBIAN_PACKAGE, cache, _HELP)
     found = sorted(tree.rglob("data.verb"))
     if not found:
-        if shutil.which("dpkg") is None:
-            raise XdrayError(f"dpkg not found, so {deb.name} cannot be unpacked; {_HELP}")
-        shutil.rmtree(tree, ignore_errors=True)
-        _run(["dpkg", "-x", str(deb), str(tree)], cache, f"dpkg -x {deb.name}")
-        found = sorted(tree.rglob("data.verb"))
-        if not found:
-            raise XdrayError(f"{deb.name} holds no data.verb; {_HELP}")
-    version = unquote(deb.name.split("_")[1])  # apt writes the epoch colon as %3a
+        raise XdrayError(f"{DEBIAN_PACKAGE} {version} holds no data.verb; {_HELP}")
     return found[0], f"Debian {DEBIAN_PACKAGE} {version} ({found[0].relative_to(tree)})"
-
-
-def _run(cmd: list[str], cwd: Path, what: str) -> None:
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        raise XdrayError(f"{what} timed out after 600 s; {_HELP}") from None
-    if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise XdrayError(f"{what} failed ({last}); {_HELP}")
