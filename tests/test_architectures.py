@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from xdray.cli import main
@@ -132,6 +133,9 @@ def test_every_family_teaches_through_label_and_distill(ray_local, tiny_task, tm
     cfg = tiny_config(tiny_task, tmp_path / "out", teacher={"backbone": str(backbone), "epochs": 3},
                       label={"actors": 1}, distill={"workers": 1, "student": {"layers": 1, "hidden": 16, "heads": 2,
                                                                               "vocab": vocab}})
+    if kind == "roberta":  # extra test splits by name (a language): scored and logged beside test
+        (tmp_path / "upper.tsv").write_text(tiny_task["test"].read_text().upper().replace("TEXT\tLABEL", "text\tlabel"))
+        cfg["data"]["tests"] = {"same": str(tiny_task["test"]), "upper": str(tmp_path / "upper.tsv")}
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(cfg))
     for step in ("teacher", "label", "distill"):
@@ -155,3 +159,10 @@ def test_every_family_teaches_through_label_and_distill(ray_local, tiny_task, tm
         logits = student(**tokenizer(["the film is great", "a dull movie"], padding=True, return_tensors="pt")).logits
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
     assert summary["test_accuracy"] > 0.7, (kind, summary["test_accuracy"])  # scored from the saved directory
+    if kind == "roberta":
+        for step in ("teacher", "distill"):
+            done = json.loads((tmp_path / "out" / step / "summary.json").read_text())
+            assert done["test_by_language"]["same"] == done["test_accuracy"]  # the same split, the same score
+            assert 0 <= done["test_by_language"]["upper"] <= 1
+            logged = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}").get_run(done["mlflow_run_id"])
+            assert logged.data.metrics["test_accuracy.upper"] == done["test_by_language"]["upper"]

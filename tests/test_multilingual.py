@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from xdray.cli import main
-from xdray.data.multilingual import MO_PACKAGES, prepare_multilingual, read_help
+from xdray.data.multilingual import MO_PACKAGES, MODULES, prepare_multilingual, read_help
 from xdray.errors import XdrayError
 
 WORDS = {"swriter": "writer text document page", "scalc": "calc cell sheet formula", "simpress": "slide show"}
@@ -87,7 +87,7 @@ def test_task_and_corpus_from_debian_layout(tmp_path):
     for en, de, ja in zip(read["test"], read["test.de"], read["test.ja"]):  # the same paragraphs, in order
         assert de.replace(" [de]", "") == en == ja.replace(" [ja]", "")
     labels = {line.rsplit("\t", 1)[1] for name in read for line in read[name]}
-    assert labels <= set(WORDS) and "shared" not in labels
+    assert labels <= {str(MODULES.index(m)) for m in WORDS}  # integer ids, names in the manifest; no "shared"
     pages = {name: {line.split(" item")[0] for line in read[name]} for name in ("train", "dev", "test")}
     assert not (pages["train"] & pages["test"]) and not (pages["dev"] & pages["test"])  # split by page
     corpus = set((out / "transfer.txt").read_text().splitlines())
@@ -118,3 +118,22 @@ def test_missing_help_language_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dpkg -x" in err and "fix:" in err
     assert not (out / "MANIFEST.json").exists()
+
+
+def test_results_tables_have_one_column_per_language():
+    from xdray.config import load_config
+    from xdray.pipeline import results_table as pipeline_table
+    from xdray.transfer.run import results_table as transfer_table
+
+    summary = {"teacher_test_accuracy": 0.9, "student_test_accuracy": 0.8, "teacher_params": 10, "student_params": 1,
+               "teacher_latency_ms": 2.0, "student_latency_ms": 1.0, "speedup": 2.0, "seconds": 1.0,
+               "teacher_bytes": 10, "student_bytes": 1, "teacher_test_by_language": {"de": 0.875, "ja": 0.5},
+               "student_test_by_language": {"de": 0.75, "ja": 0.25}}
+    lines = pipeline_table(load_config("jobs/quickstart.yaml"), summary).strip().splitlines()
+    assert lines[0].split()[:6] == ["model", "test", "accuracy", "test", "de", "test"]
+    assert "87.5%" in lines[2] and "50.0%" in lines[2] and "25.0%" in lines[3]
+    result = {"type": "classification", "metric": "accuracy", "test": {"score": 0.5}, "dev_score": 0.5,
+              "params": {"total": 1e6}, "latency_ms": 1.0}
+    table = transfer_table({"student": "s", "tasks": {
+        "a": result | {"test_by_language": {"de": {"score": 0.625}}}, "b": result}}).strip().splitlines()
+    assert "test de" in table[1] and "0.6250" in table[3] and table[4].split()[3] == "0.5000"

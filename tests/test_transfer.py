@@ -276,10 +276,13 @@ def test_a_fresh_head_on_the_students_encoder(encoder, tmp_path):
 
 
 def transfer_config(tasks: dict, encoder: Path, out: Path) -> dict:
-    """A transfer-only job: no source task or teacher, any HF encoder as the student."""
+    """A transfer-only job: no source task or teacher, any HF encoder as the student; two tasks score one more
+    test split each (by name, as a language would be)."""
+    extra = {n: {"tests": {"again": tasks[n]["test"]}} for n in ("cls", "ner")}
     return {
         "output_dir": str(out), "mlflow": {"experiment": "xdray-transfer-test"},
-        "transfer": {"student": str(encoder), "tasks": [t | {"max_length": 24} for t in tasks.values()],
+        "transfer": {"student": str(encoder), "tasks": [t | {"max_length": 24} | extra.get(n, {})
+                                                         for n, t in tasks.items()],
                      "epochs": 4, "patience": 2, "lr": 3.0e-3, "batch_size": 16, "workers": 2,
                      "latency_sentences": 8, "deepspeed": {"zero_stage": 2}},
     }
@@ -338,6 +341,15 @@ def test_mlflow_has_a_transfer_run_with_a_child_per_task(transferred):
     assert set(children) == {f"transfer/{n}" for n in ("cls", "pair", "reg", "ner")}
     assert children["transfer/ner"].data.metrics["test_f1"] == pytest.approx(summary["tasks"]["ner"]["test"]["f1"])
     assert "dev/ner/score" in children["transfer/ner"].data.metrics
+    # the extra test split: the same rows, the same scores, under its own name
+    for name, metric in (("cls", "accuracy"), ("ner", "f1")):
+        result = summary["tasks"][name]
+        assert result["test_by_language"]["again"] == result["test"]
+        assert children[f"transfer/{name}"].data.metrics[f"test_{metric}.again"] == pytest.approx(
+            result["test"][metric])
+    parent = client.get_run(summary["mlflow_run_id"]).data.metrics
+    assert parent["cls/test_accuracy.again"] == pytest.approx(summary["tasks"]["cls"]["test"]["score"])
+    assert summary["tasks"]["pair"]["test_by_language"] == {}
 
 
 @pytest.mark.slow

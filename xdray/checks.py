@@ -35,6 +35,8 @@ def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
     if need_labeled:
         for key in ("train", "dev", "test"):
             _must_exist(getattr(cfg.data, key), f"data.{key}")
+        for name, path in cfg.data.tests.items():
+            _must_exist(path, f"data.tests.{name}")
     if "teacher" in steps:
         backbone = cfg.teacher.backbone
         if looks_local(backbone) and not Path(backbone).exists():
@@ -65,10 +67,11 @@ def _check_transfer(cfg: XdrayConfig, distilled_here: bool) -> None:
     from xdray.transfer.tasks import load_task
 
     for i, task in enumerate(cfg.transfer.tasks):
-        for key in ("train", "dev", "test"):
-            if getattr(task, key) is not None:
-                _must_exist(getattr(task, key), f"transfer.tasks.{i}.{key}",
-                            "run `xdray data transfer-sets` or correct the path")
+        paths = {key: getattr(task, key) for key in ("train", "dev", "test")} | {
+            f"tests.{name}": path for name, path in task.tests.items()}
+        for key, path in paths.items():
+            if path is not None:
+                _must_exist(path, f"transfer.tasks.{i}.{key}", "run `xdray data transfer-sets` or correct the path")
         if task.preset is None:  # every label problem, before Ray or MLflow start (presets load in the step)
             load_task(task, cfg.seed)
 

@@ -136,6 +136,9 @@ def compare(cfg: XdrayConfig) -> dict:
         "teacher_bytes": weights_bytes(cfg.teacher_dir), "student_bytes": weights_bytes(student_dir),
         "latency_node": node,
     }
+    for who, step in (("teacher", teacher), ("student", distill)):
+        if step.get("test_by_language"):
+            out[f"{who}_test_by_language"] = step["test_by_language"]
     if int8:
         out |= {"int8_model": export["model_dir"], "int8_test_accuracy": export["metrics"]["onnx_int8"]["test"]["accuracy"],
                 "int8_latency_ms": round(ms[2][1], 3), "int8_speedup": round(t_ms / ms[2][1], 2),
@@ -146,22 +149,32 @@ def compare(cfg: XdrayConfig) -> dict:
 
 
 def results_table(cfg: XdrayConfig, summary: dict) -> str:
+    """Teacher, student, int8 and the search's best; one more accuracy column per extra test split (language)."""
+    langs = sorted(set(summary.get("teacher_test_by_language", {})) | set(summary.get("student_test_by_language", {})))
+
+    def by_language(who: str) -> list[str]:
+        scores = summary.get(f"{who}_test_by_language", {})
+        return [f"{scores[n]:.1%}" if n in scores else "" for n in langs]
+
     rows = [
-        ["teacher", f"{summary['teacher_test_accuracy']:.1%}", f"{summary['teacher_params'] / 1e6:.2f}M",
-         _mb(summary["teacher_bytes"]), f"{summary['teacher_latency_ms']:.2f}", "1.0x"],
-        ["student (distilled)", f"{summary['student_test_accuracy']:.1%}", f"{summary['student_params'] / 1e6:.2f}M",
-         _mb(summary["student_bytes"]), f"{summary['student_latency_ms']:.2f}", f"{summary['speedup']:.1f}x"],
+        ["teacher", f"{summary['teacher_test_accuracy']:.1%}", *by_language("teacher"),
+         f"{summary['teacher_params'] / 1e6:.2f}M", _mb(summary["teacher_bytes"]),
+         f"{summary['teacher_latency_ms']:.2f}", "1.0x"],
+        ["student (distilled)", f"{summary['student_test_accuracy']:.1%}", *by_language("student"),
+         f"{summary['student_params'] / 1e6:.2f}M", _mb(summary["student_bytes"]),
+         f"{summary['student_latency_ms']:.2f}", f"{summary['speedup']:.1f}x"],
     ]
+    blank = [""] * len(langs)
     if "int8_model" in summary:
         name = Path(summary["int8_model"]).name
         rows.append([f"{'student' if name == 'student' else name} int8 (ONNX)", f"{summary['int8_test_accuracy']:.1%}",
-                     f"{summary['student_params'] / 1e6:.2f}M" if name == "student" else "",
+                     *blank, f"{summary['student_params'] / 1e6:.2f}M" if name == "student" else "",
                      _mb(summary["int8_bytes"]), f"{summary['int8_latency_ms']:.2f}", f"{summary['int8_speedup']:.1f}x"])
     best = summary.get("search_best")
     if best:
-        rows.append([f"search best ({best['arch']})", f"dev {best['dev_accuracy']:.1%}",
+        rows.append([f"search best ({best['arch']})", f"dev {best['dev_accuracy']:.1%}", *blank,
                      f"{best['params'] / 1e6:.2f}M", "", "", ""])
-    table = tabulate(rows, headers=["model", "test accuracy", "params", "size on disk",
+    table = tabulate(rows, headers=["model", "test accuracy", *(f"test {n}" for n in langs), "params", "size on disk",
                                     "CPU ms/sentence (batch 1, 1 thread)", "speedup"])
     uri = tracking_uri(cfg)
     return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,6 +73,16 @@ class CleaningConfig(Section):
     """Rows longer than ``data.max_length`` tokens: truncated to it, or dropped."""
 
 
+TEST_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_test_names(value: dict[str, Path], where: str) -> dict[str, Path]:
+    bad = [k for k in value if not TEST_NAME.match(k)]
+    if bad:
+        raise ValueError(f"{where}: {bad[0]!r} is not a split name; fix: use a language code such as de or zh-cn")
+    return value
+
+
 class DataConfig(Section):
     train: Path
     """Labeled train split: a TSV file with a header and columns `text` and `label` (integer class ids; `text_pair` too
@@ -80,6 +91,9 @@ class DataConfig(Section):
     """Labeled dev split (same format as train): model selection and early stopping."""
     test: Path
     """Labeled splits: TSV files with a header and columns ``text`` and ``label``."""
+    tests: dict[str, Path] = {}
+    """More test splits, by language (or any name): each scored like ``test`` by the teacher and distill steps and
+    reported as ``test_accuracy.<name>`` (a zero-shot cross-lingual test: the same task in other languages)."""
     transfer: list[TransferSource] = Field(min_length=1)
     """Unlabeled transfer corpora, mixed in one run: paths (text, JSON lines, CSV/TSV, Parquet, ``save_to_disk``
     directories) or ``{hub: name}``."""
@@ -99,6 +113,11 @@ class DataConfig(Section):
         if isinstance(value, (str, Path, dict)):
             value = [value]
         return [{"path": v} if isinstance(v, (str, Path)) else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("tests")
+    @classmethod
+    def _test_names(cls, value: dict[str, Path]) -> dict[str, Path]:
+        return check_test_names(value, "data.tests")
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> DataConfig:

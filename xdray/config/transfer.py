@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from xdray.config.base import Section, unique_names
+from xdray.config.data import check_test_names
 from xdray.config.trainer import TrainerConfig
 
 
@@ -31,6 +32,9 @@ class TransferTask(Section):
     """Dev split (early stopping on the task's metric)."""
     test: Path | None = None
     """Test split, scored once on the exported model."""
+    tests: dict[str, Path] = {}
+    """More test splits, by language (or any name), each scored like ``test`` and reported as
+    ``test_<metric>.<name>``: the results table gets one column per name. Not with a preset."""
     format: Literal["auto", "tsv", "csv", "jsonl", "parquet", "hf_disk", "conll"] = "auto"
     """``auto``: from the suffix (.tsv .csv .jsonl/.json .parquet .conll/.bio) or a ``save_to_disk`` directory."""
     text_column: str = "text"
@@ -55,12 +59,13 @@ class TransferTask(Section):
     @model_validator(mode="after")
     def _complete(self) -> TransferTask:
         where = f"task '{self.name}'"
+        check_test_names(self.tests, f"{where}: tests")
         if self.preset is not None:
             family, _, name = self.preset.partition("/")
             if family != "glue" or name not in GLUE_PRESETS:
                 raise ValueError(f"{where}: preset {self.preset!r} is not known; fix: use glue/<one of "
                                  f"{', '.join(GLUE_PRESETS)}> or give train/dev/test paths")
-            if any(p is not None for p in (self.train, self.dev, self.test)):
+            if any(p is not None for p in (self.train, self.dev, self.test)) or self.tests:
                 raise ValueError(f"{where}: give a preset or train/dev/test paths, not both; fix: remove one")
             return self
         missing = [k for k in ("train", "dev", "test") if getattr(self, k) is None]

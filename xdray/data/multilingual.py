@@ -161,7 +161,8 @@ def prepare_multilingual(out: Path, languages: list[str] | None = None) -> dict:
                          "fix: list fewer languages")
     task_dir = out / "libreoffice"
     for name, rows in splits.items():
-        write_atomic_tsv(task_dir / f"{name}.tsv", ["text", "label"], [{"text": t, "label": m} for t, m in rows])
+        write_atomic_tsv(task_dir / f"{name}.tsv", ["text", "label"],
+                         [{"text": t, "label": MODULES.index(m)} for t, m in rows])  # ids: data.* reads them
 
     locales = {_locale(lang): lang for lang in languages}
     corpus: dict[str, Counter] = defaultdict(Counter)

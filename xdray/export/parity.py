@@ -38,7 +38,7 @@ def compare_variants(variants: dict[str, Forward], data: TaskData, tokenizer, ma
     metrics: dict[str, dict] = {v: {} for v in variants}
     diffs: dict[str, dict] = {v: {} for v in variants if v != reference}
     for split in splits:
-        rows = sorted(getattr(data, split), key=row_length)
+        rows = sorted(data.split(split), key=row_length)
         logits: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         labels, worst = [], dict.fromkeys(diffs, 0.0)
         for raw in table_batches(pa.Table.from_pylist(rows), EVAL_BATCH):

@@ -20,7 +20,7 @@ from xdray.common.hf import load_classifier
 from xdray.common.tracking import Tracker, tracking_uri
 from xdray.config import TrainerConfig, XdrayConfig
 from xdray.console import console
-from xdray.data.tables import LabeledSplit
+from xdray.data.tables import LabeledSplit, read_labeled
 from xdray.distill.batches import accuracy, predict
 from xdray.train.engine import TrainSpec
 from xdray.train.loop import PROGRESS, worker_loop
@@ -122,9 +122,11 @@ def export_student(result: ray.train.Result, dest: Path) -> dict:
     return json.loads((dest / "xdray_train.json").read_text())
 
 
-def test_accuracy(model_dir: Path, split: LabeledSplit, max_length: int) -> float:
+def test_accuracies(model_dir: Path, splits: dict[str, LabeledSplit], max_length: int) -> dict[str, float]:
+    """Accuracy of the saved model (as it serves: its own tokenizer) on each split."""
     model, tokenizer = load_classifier(str(model_dir))
-    return accuracy(predict(model, tokenizer, split.texts, max_length, pairs=split.pairs), split.labels)
+    return {name: accuracy(predict(model, tokenizer, s.texts, max_length, pairs=s.pairs), s.labels)
+            for name, s in splits.items()}
 
 
 def finish_classifier(
@@ -136,8 +138,11 @@ def finish_classifier(
     ``mlflow.register`` when no export follows), and write the step's summary."""
     trained = export_student(result, model_dir)
     checkpoints = [str(c.path) for c, _ in result.best_checkpoints]
+    scores = test_accuracies(model_dir, {"": test} | {n: read_labeled(p) for n, p in cfg.data.tests.items()},
+                             cfg.data.max_length)
     summary = {
-        "test_accuracy": test_accuracy(model_dir, test, cfg.data.max_length),
+        "test_accuracy": scores.pop(""),
+        **({"test_by_language": scores} if scores else {}),
         "dev_accuracy": trained["dev_accuracy"],
         "params": trained["params"],
         "train_samples_per_s": round(trained["samples_per_s"], 1),
@@ -154,7 +159,8 @@ def finish_classifier(
         **(extra or {}),
     }
     tracker.metrics(run_id, {"test_accuracy": summary["test_accuracy"], "final_dev_accuracy": summary["dev_accuracy"],
-                             "params_total": summary["params"]["total"], "seconds": summary["seconds"]})
+                             "params_total": summary["params"]["total"], "seconds": summary["seconds"]}
+                    | {f"test_accuracy.{name}": value for name, value in scores.items()})
     tracker.artifact(run_id, model_dir / "xdray_train.json")
     if log_model:
         summary["mlflow_model_uri"] = tracker.log_model(run_id, model_dir, test.texts[:2])

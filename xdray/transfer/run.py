@@ -39,7 +39,8 @@ def run_transfer(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) 
         results = {task.name: _run_task(cfg, tracker, run_id, task, datas[task.name], student) for task in tc.tasks}
         summary = {"student": student, "tasks": results, "seconds": round(time.perf_counter() - t0, 1),
                    "mlflow_run_id": run_id}
-        tracker.metrics(run_id, {f"{name}/test_{r['metric']}": r["test"]["score"] for name, r in results.items()})
+        tracker.metrics(run_id, {f"{name}/test_{r['metric']}{suffix}": score for name, r in results.items()
+                                 for suffix, score in _scores(r).items()})
         tracker.artifact(run_id, write_summary(cfg, "transfer", summary))
     console.line(results_table(summary))
     return summary
@@ -70,11 +71,13 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
         model_dir = out / "model"
         trained = export_student(result, model_dir)
         test = evaluate_model(model_dir, data, task.max_length)
+        by_language = {name: evaluate_model(model_dir, data, task.max_length, f"test.{name}") for name in data.tests}
         texts = [row_text(row) for row in data.test[:tc.latency_sentences]]
         (ms,), node = measure_latency([model_dir], texts, task.max_length, [1],
                                       loader=partial(load_saved, task=spec_task))
         summary = {
-            "type": data.type, "metric": headline(data.type), "test": test, "dev_score": trained["dev_score"],
+            "type": data.type, "metric": headline(data.type), "test": test, "test_by_language": by_language,
+            "dev_score": trained["dev_score"],
             "dev": trained["dev_metrics"], "params": trained["params"], "latency_ms": round(ms[1], 3),
             "latency_node": node,
             "labels": data.names, "rows": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
@@ -86,6 +89,8 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
             run_id, model_dir, texts[:2], task="token-classification" if data.type == "token_classification"
             else "text-classification")
         tracker.metrics(run_id, {f"test_{k}": v for k, v in test.items() if k != "score"}
+                        | {f"test_{k}.{name}": v for name, m in by_language.items() for k, v in m.items()
+                           if k != "score"}
                         | {"latency_ms": summary["latency_ms"], "params_total": trained["params"]["total"]})
         shutil.rmtree(out / "scratch", ignore_errors=True)
         tracker.artifact(run_id, write_json(out / "result.json", summary))
@@ -99,8 +104,21 @@ def evaluate_model(model_dir: Path, data: TaskData, max_length: int, split: str 
     return scored["metrics"]["torch"][split]
 
 
+def _scores(result: dict) -> dict[str, float]:
+    """The headline test score, and one per extra test split (``.<name>``)."""
+    return {"": result["test"]["score"]} | {f".{name}": m["score"] for name, m in result.get("test_by_language",
+                                                                                             {}).items()}
+
+
 def results_table(summary: dict) -> str:
-    rows = [[name, r["type"], f"{r['metric']} {r['test']['score']:.4f}", f"{r['dev_score']:.4f}",
-             f"{r['params']['total'] / 1e6:.2f}M", f"{r['latency_ms']:.2f}"] for name, r in summary["tasks"].items()]
-    table = tabulate(rows, headers=["task", "type", "test", "dev", "params", "CPU ms/sentence (b1, 1 thread)"])
+    """One row per task; one column per extra test split (language) any task has."""
+    languages = sorted({n for r in summary["tasks"].values() for n in r.get("test_by_language", {})})
+    rows = []
+    for name, r in summary["tasks"].items():
+        extra = r.get("test_by_language", {})
+        rows.append([name, r["type"], f"{r['metric']} {r['test']['score']:.4f}",
+                     *(f"{extra[n]['score']:.4f}" if n in extra else "" for n in languages),
+                     f"{r['dev_score']:.4f}", f"{r['params']['total'] / 1e6:.2f}M", f"{r['latency_ms']:.2f}"])
+    table = tabulate(rows, headers=["task", "type", "test", *(f"test {n}" for n in languages), "dev", "params",
+                                    "CPU ms/sentence (b1, 1 thread)"], disable_numparse=True)
     return f"\ntransfer of {summary['student']}\n{table}\n"

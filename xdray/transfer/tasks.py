@@ -14,7 +14,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -46,6 +46,12 @@ class TaskData:
     test: list[dict]
     names: list[str] | None
     """Class or tag names in id order; None for regression."""
+    tests: dict[str, list[dict]] = field(default_factory=dict)
+    """More test splits by name (``tests`` in the config): ``split("test.<name>")``."""
+
+    def split(self, name: str) -> list[dict]:
+        """Rows of ``train``, ``dev``, ``test`` or ``test.<name>``."""
+        return self.tests[name.removeprefix("test.")] if name.startswith("test.") else getattr(self, name)
 
     @property
     def num_labels(self) -> int:
@@ -82,7 +88,8 @@ def load_task(task: TransferTask, seed: int = 0) -> TaskData:
     if task.max_train_rows and task.max_train_rows < len(train):
         keep = sorted(random.Random(seed).sample(range(len(train)), task.max_train_rows))
         train = [train[i] for i in keep]
-    return TaskData(kind, train, splits["dev"], splits["test"], names)
+    tests = {name: splits[f"test.{name}"] for name in task.tests}
+    return TaskData(kind, train, splits["dev"], splits["test"], names, tests)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -200,8 +207,8 @@ def task_format(path: Path, fmt: str) -> str:
 
 def _files(task: TransferTask) -> tuple[str, dict[str, list[Record]], list[str] | None]:
     raw, hf_names = {}, None
-    for role in ROLES:
-        path = getattr(task, role)
+    paths = {role: getattr(task, role) for role in ROLES} | {f"test.{n}": p for n, p in task.tests.items()}
+    for role, path in paths.items():
         if not path.exists():
             raise XdrayError(f"task '{task.name}': {role} not found: {path}; fix: correct tasks[].{role}")
         fmt = task_format(path, task.format)
