@@ -13,6 +13,7 @@ from xdray.errors import XdrayError
 
 def fetch_deb(package: str, cache: Path, fix: str) -> tuple[Path, str]:
     """The unpacked tree of ``package`` under ``cache`` and the package's version."""
+    cache = cache.resolve()  # dpkg runs in the cache directory: relative paths would point elsewhere
     debs = sorted(cache.glob(f"{package}_*.deb"))
     if not debs:
         for tool in ("apt-get", "dpkg"):
