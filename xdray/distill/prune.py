@@ -61,8 +61,8 @@ def _close_merges(tokenizer: PreTrainedTokenizerBase, keep: set[int]) -> set[int
         return keep
     vocab, parents = model["vocab"], {}
     for merge in model["merges"]:
-        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
-        parents.setdefault(a + b, (a, b))
+        a, b, joined = _merge_parts(merge)
+        parents.setdefault(joined, (a, b))
     todo, names = list(keep), {i: t for t, i in vocab.items()}
     while todo:
         token = names.get(todo.pop())
