@@ -78,3 +78,36 @@ def test_pruned_student_reads_teacher_ids_through_its_map(tokenizers):
         direct = student(**pruned(TASK[:4], padding=True, return_tensors="pt")).logits
     torch.testing.assert_close(via_map, direct)
     assert "id_map" not in module.state_dict()  # never saved with the model
+
+
+def test_search_trials_build_their_students_on_one_pruned_vocabulary(tiny_task, tmp_path):
+    """What ``xdray search`` does with ``vocab: prune``: the data picks the pieces once, every trial's initial
+    student is built on them and ships the pruned tokenizer beside it."""
+    from xdray.config import validate_config
+    from xdray.config.space import every_candidate
+    from xdray.data.tables import load_splits
+    from xdray.distill.prune import corpus_pieces
+    from xdray.search.trial import TrialContext, _build
+
+    from .conftest import tiny_config
+
+    raw = tiny_config(tiny_task, tmp_path / "out", label={"teacher": str(tiny_task["backbone"])},
+                      distill={"student": {"layers": 1, "hidden": 16, "heads": 2, "vocab": "prune", "vocab_cap": 120}})
+    cfg = validate_config(raw)
+    teacher = AutoTokenizer.from_pretrained(cfg.teacher_dir)
+    keep, report = corpus_pieces(cfg, load_splits(cfg), teacher)
+    assert report["kept_pieces"] == len(keep) < len(teacher)
+    ctx = TrialContext(cfg, None, None, "xdray-test", cfg.distill, {}, None, 2, [], tuple(keep))
+    table = id_map(keep, teacher)
+    covered = [t for t in load_splits(cfg)[1].texts if set(teacher(t)["input_ids"]) <= set(keep)]
+    assert covered
+    for cand in every_candidate(cfg):
+        dest = tmp_path / cand.key
+        counts, forwards = _build(ctx, cand, dest)
+        student = AutoModelForSequenceClassification.from_pretrained(dest)
+        served = AutoTokenizer.from_pretrained(dest)
+        assert forwards == 0 and student.config.vocab_size == len(served) == len(keep)
+        assert student.config.num_hidden_layers == cand.student.layers
+        for text in covered:  # pieces the cap kept segment as the teacher's do
+            assert served(text)["input_ids"] == table[teacher(text)["input_ids"]].tolist()
+        assert counts["total"] == sum(p.numel() for p in student.parameters())
