@@ -1,4 +1,4 @@
-"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples|transfer-sets|teachers|multilingual`.
+"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples|transfer-sets|teachers|multilingual|token-sets`.
 
 Every problem the user can fix ends as one line on stderr and exit status 2 (bad config / input) or 1
 (a step failed); tracebacks are for bugs.
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to write (default data/multilingual)")
     multi.add_argument("--languages", default="de,fr,es,it,ja",
                        help="comma-separated help languages Debian ships (default de,fr,es,it,ja)")
+    tokens = data.add_parser("token-sets", help="prepare WNUT-16 Twitter NER and a tweet transfer corpus")
+    tokens.add_argument("--dir", default="data/tokens", type=Path, help="where to write (default data/tokens)")
     return parser
 
 
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _transfer_sets(args.dir, args.data_verb)
             if args.data_command == "teachers":
                 return _teachers(args.dir, args.names)
+            if args.data_command == "token-sets":
+                return _token_sets(args.dir)
             if args.data_command == "multilingual":
                 return _multilingual(args.dir, [x for x in args.languages.split(",") if x.strip()])
             return _samples(args.dir)
@@ -120,6 +124,17 @@ def _multilingual(directory: Path, languages: list[str]) -> int:
     print(f"multilingual data ready in {directory}: libreoffice {len(manifest['labels'])}-class (train "
           f"{rows['train']}, dev {rows['dev']}, test {rows['test']} in each of en, {langs}), "
           f"{manifest['transfer_lines']} transfer lines")
+    return 0
+
+
+def _token_sets(directory: Path) -> int:
+    from xdray.data.token_sets import prepare_token_sets
+
+    manifest = prepare_token_sets(directory)
+    task, transfer = manifest["wnut16"], manifest["transfer"]
+    rows = ", ".join(f"{k} {v}" for k, v in task["rows"].items())
+    print(f"token sets ready in {directory}: wnut16 NER, {len(task['entities']['train'])} entity types ({rows}), "
+          f"{transfer['lines']} transfer tweets ({transfer['dropped_held_out']} held-out tweets dropped)")
     return 0
 
 
