@@ -142,3 +142,45 @@ def hard_label_ce(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def label_mse(student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Regression on a float target (STS-B style): MSE between the single output and the label."""
     return F.mse_loss(student.float().reshape(-1), targets.float().reshape(-1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-token and span targets: only the entries the labelled Parquet stored (``mask``) take part
+
+
+def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over the stored entries only: per-token label logits (B, T, C), or QA start/end logits (B, T)."""
+    diff = (student.float() - teacher.float()) ** 2
+    return diff[mask].mean() if mask.any() else diff.sum() * 0
+
+
+def masked_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
+              rest: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher ‖ student) of softmaxes over the last axis, restricted to the stored entries, averaged over
+    the rows (tokens, or windows for QA's positions) that store any, × T².
+
+    ``rest``: the teacher's log-sum-exp over all labels (B, T), stored with top-k logits. The labels not stored
+    then form one more bucket on both sides, the teacher's mass there being 1 − Σ stored; exact at T = 1."""
+    t, low = temperature, torch.finfo(torch.float32).min
+    s, te = student.float(), teacher.float()
+    if rest is not None:
+        stored = torch.logsumexp(te.masked_fill(~mask, low), -1)
+        rest_t = rest.float() + torch.log1p(-torch.exp(stored - rest.float()).clamp(max=1 - 1e-6))
+        rest_s = torch.logsumexp(s.masked_fill(mask, low), -1)
+        s, te = torch.cat([s, rest_s[..., None]], -1), torch.cat([te, rest_t[..., None]], -1)
+        mask = torch.cat([mask, mask.any(-1, keepdim=True)], -1)
+    log_s = F.log_softmax((s / t).masked_fill(~mask, low), -1)
+    log_t = F.log_softmax((te / t).masked_fill(~mask, low), -1)
+    kl = (log_t.exp() * (log_t - log_s)).masked_fill(~mask, 0).sum(-1)
+    rows = mask.any(-1)
+    return kl[rows].mean() * t * t if rows.any() else kl.sum() * 0
+
+
+def span_ce(start: torch.Tensor, end: torch.Tensor, start_positions: torch.Tensor, end_positions: torch.Tensor,
+            mask: torch.Tensor) -> torch.Tensor:
+    """Extractive QA on labelled windows: the mean of the start and end cross-entropies over each window's real
+    tokens (a window without the answer points at position 0, [CLS], as Hugging Face's QA heads are trained)."""
+    low = torch.finfo(torch.float32).min
+    losses = [F.cross_entropy(x.float().masked_fill(~mask.bool(), low), y)
+              for x, y in ((start, start_positions), (end, end_positions))]
+    return (losses[0] + losses[1]) / 2

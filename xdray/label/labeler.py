@@ -16,6 +16,7 @@ import torch
 from xdray.common.files import atomic_path
 from xdray.common.hf import load_classifier
 from xdray.common.memory import peak_rss_mb
+from xdray.label.token_layout import ragged
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -97,9 +98,9 @@ class ChunkLabeler:
             tokens += int(mask.sum())
             padded += mask.numel()
         columns = {name: table.column(name).take(keep) for name in ("id", "label") if name in table.column_names}
-        columns["input_ids"] = _ragged([ids[i] for i in keep], pa.int32())
+        columns["input_ids"] = ragged([ids[i] for i in keep], pa.int32())
         if types is not None:
-            columns["token_type_ids"] = _ragged([types[i] for i in keep], pa.int8())
+            columns["token_type_ids"] = ragged([types[i] for i in keep], pa.int8())
         columns["logits"] = _matrix(logits, self.logits_type)
         for k, states in hidden.items():
             columns[f"hidden_{k}"] = _matrix(states, pa.float16())
@@ -123,13 +124,6 @@ class ChunkLabeler:
                 if types is not None:
                     types[i] = again["token_type_ids"][j]
         return ids, types, overlong
-
-
-def _ragged(rows: list[list[int]], kind: pa.DataType) -> pa.Array:
-    offsets = np.zeros(len(rows) + 1, np.int32)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    values = np.fromiter((t for r in rows for t in r), dtype=kind.to_pandas_dtype(), count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=kind))
 
 
 def _matrix(values: np.ndarray | None, kind: pa.DataType) -> pa.Array:

@@ -1,0 +1,153 @@
+"""Per-token teacher outputs: which positions are stored, float16 and top-k round trips through Arrow, the
+masked losses (values, masks, gradients), QA span targets, and a layout/task mismatch refused in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xdray.distill.batches import table_batches
+from xdray.distill.losses import logits_kl, masked_kl, masked_mse, span_ce
+from xdray.errors import XdrayError
+from xdray.label.token_layout import (
+    Layout,
+    bytes_per_token,
+    kept_positions,
+    span_columns,
+    span_targets,
+    token_columns,
+    token_targets,
+)
+
+C = 7
+LENGTHS = [9, 5, 12]
+
+
+@pytest.fixture
+def teacher_logits() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.normal(0, 3, (n, C)).astype(np.float32) for n in LENGTHS]
+
+
+def positions() -> list[list[int]]:
+    # [CLS] w0 w0 w1 w2 w2 w2 w3 [SEP] ...: word ids as a fast tokenizer gives them
+    words = [[None, 0, 0, 1, 2, 2, 2, 3, None], [None, 0, 1, 1, None],
+             [None, 0, 1, 2, 3, 3, 4, 5, 6, 6, 7, None]]
+    return [kept_positions(w, "first_subword") for w in words]
+
+
+def batch(table: pa.Table) -> dict:
+    return table_batches(table, 64)[0]  # numpy cells, as the workers' Ray Data batches hold them
+
+
+def test_first_subword_or_every_token_never_the_specials():
+    words = [None, 0, 0, 1, 2, 2, None, None]
+    assert kept_positions(words, "first_subword") == [1, 3, 4]
+    assert kept_positions(words, "all") == [1, 2, 3, 4, 5]
+
+
+def test_float16_layout_round_trips_the_kept_tokens(teacher_logits):
+    layout = Layout("tokens", "first_subword", None, C)
+    pos = positions()
+    raw = batch(pa.table(token_columns(teacher_logits, pos, layout)))
+    out = token_targets(raw, 12, layout)
+    logits, mask = out["teacher_token_logits"], out["teacher_token_mask"]
+    assert logits.shape == (3, 12, C) and "teacher_token_lse" not in out
+    for i, p in enumerate(pos):
+        assert mask[i].any(-1).nonzero().flatten().tolist() == p
+        torch.testing.assert_close(logits[i, p], torch.from_numpy(teacher_logits[i][p]), atol=3e-3, rtol=1e-3)
+    assert not logits[~mask].any()
+    cut = token_targets(raw, 4, layout)  # the student's max_length cuts the rows: later positions are dropped
+    assert cut["teacher_token_mask"].shape == (3, 4, C)
+    assert cut["teacher_token_mask"][0].any(-1).nonzero().flatten().tolist() == [1, 3]
+
+
+def test_top_k_keeps_the_largest_logits_and_k_at_the_label_count_loses_nothing(teacher_logits):
+    pos = positions()
+    top = Layout("tokens", "first_subword", 2, C)
+    assert not top.lossless and Layout("tokens", "first_subword", C, C).lossless
+    table = pa.table(token_columns(teacher_logits, pos, top))
+    assert {"token_labels", "token_lse"} <= set(table.column_names)
+    out = token_targets(batch(table), 12, top)
+    mask = out["teacher_token_mask"]
+    for i, p in enumerate(pos):
+        assert (mask[i, p].sum(-1) == 2).all()
+        best = np.argsort(-teacher_logits[i][p], -1)[:, :2]
+        assert all(set(mask[i, j].nonzero().flatten().tolist()) == set(b) for j, b in zip(p, best))
+        lse = torch.logsumexp(torch.from_numpy(teacher_logits[i][p]), -1)
+        torch.testing.assert_close(out["teacher_token_lse"][i, p], lse, atol=2e-2, rtol=2e-3)
+    full = pa.table(token_columns(teacher_logits, pos, Layout("tokens", "first_subword", None, C)))
+    assert pa.table(token_columns(teacher_logits, pos, Layout("tokens", "first_subword", C, C))).equals(full)
+    assert bytes_per_token(table, top) < bytes_per_token(full, Layout("tokens", num_labels=C))
+
+
+def test_masked_kl_with_every_label_stored_is_the_plain_kl():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 6, C), torch.randn(4, 6, C) * 2
+    mask = torch.ones(4, 6, C, dtype=torch.bool)
+    expected = logits_kl(s.reshape(-1, C), t.reshape(-1, C), 2.0)
+    torch.testing.assert_close(masked_kl(s, t, mask, 2.0), expected)
+    mask[:, 3:] = False  # tokens with nothing stored do not count
+    torch.testing.assert_close(masked_kl(s, t, mask, 2.0), logits_kl(s[:, :3].reshape(-1, C), t[:, :3].reshape(-1, C),
+                                                                      2.0))
+
+
+def test_top_k_kl_with_the_rest_bucket_is_exact():
+    """Against the full distributions grouped into {top-k labels, the rest}, at T = 1."""
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 3, C), torch.randn(2, 3, C) * 3
+    top = t.topk(2, -1).indices
+    mask = torch.zeros_like(t, dtype=torch.bool).scatter(-1, top, True)
+    got = masked_kl(s, t.masked_fill(~mask, 0), mask, rest=torch.logsumexp(t, -1))
+
+    def grouped(x):
+        p = x.softmax(-1)
+        return torch.cat([p.gather(-1, top), (p * ~mask).sum(-1, keepdim=True)], -1)
+
+    ps, pt = grouped(s), grouped(t)
+    expected = (pt * (pt.log() - ps.log())).sum(-1).mean()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_masked_losses_send_no_gradient_to_unstored_entries():
+    s = torch.randn(2, 5, C, requires_grad=True)
+    t = torch.randn(2, 5, C)
+    mask = torch.zeros(2, 5, C, dtype=torch.bool)
+    mask[0, 1] = mask[1, 2] = True
+    (masked_mse(s, t, mask) + masked_kl(s, t, mask)).backward()
+    touched = s.grad.abs().sum(-1) > 0
+    assert touched.nonzero().tolist() == [[0, 1], [1, 2]]
+    torch.testing.assert_close(masked_mse(s, t, mask), F.mse_loss(s[mask], t[mask]))
+
+
+def test_span_targets_and_losses_skip_padding():
+    start = [np.array([0.5, 2.0, -1.0], np.float32), np.array([1.0, 0.0, 3.0, 0.25, -2.0], np.float32)]
+    end = [x[::-1].copy() for x in start]
+    raw = batch(pa.table(span_columns(start, end)))
+    out = span_targets(raw, 5)
+    assert out["teacher_span_mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    torch.testing.assert_close(out["teacher_start_logits"][1], torch.from_numpy(start[1]))
+    student = torch.randn(2, 5, requires_grad=True)
+    loss = masked_kl(student, out["teacher_start_logits"], out["teacher_span_mask"])
+    loss.backward()
+    assert not student.grad[0, 3:].any() and student.grad[0, :3].any()
+    s, e = torch.randn(2, 5), torch.randn(2, 5)
+    gold_s, gold_e = torch.tensor([1, 2]), torch.tensor([2, 3])
+    padded = s.clone()
+    padded[0, 3:] = 100.0  # padding logits must not matter
+    mask = out["teacher_span_mask"]
+    assert span_ce(padded, e, gold_s, gold_e, mask) == pytest.approx(span_ce(s, e, gold_s, gold_e, mask).item())
+    full = (F.cross_entropy(s[1:], gold_s[1:]) + F.cross_entropy(e[1:], gold_e[1:])) / 2
+    assert span_ce(s[1:], e[1:], gold_s[1:], gold_e[1:], mask[1:]).item() == pytest.approx(full.item())
+
+
+def test_a_layout_that_does_not_fit_the_task_is_one_line():
+    with pytest.raises(XdrayError, match=r"labels: the labelled Parquet holds sequence outputs, but the task is "
+                                         r"tokens; fix: label again"):
+        Layout.read(None).check("tokens", 21, "labels")
+    with pytest.raises(XdrayError, match=r"holds logits of 9 token labels, the task has 21; fix:"):
+        Layout("tokens", num_labels=9).check("tokens", 21, "labels")
+    Layout.read(Layout("tokens", "all", 3, 21).describe()).check("tokens", 21, "labels")
