@@ -67,6 +67,8 @@ def run_step(cfg: XdrayConfig, tracker: Tracker, step: str, parent: str | None =
 
 def headline(step: str, summary: dict) -> str:
     """A step's result in one line."""
+    if step in ("teacher", "distill") and "metric" in summary:  # a token task's: scored as transfer tasks are
+        return f"test {summary['metric']} {summary['test']['score']:.3f}, {summary['params']['total'] / 1e6:.2f}M params"
     if step in ("teacher", "distill"):
         return f"test accuracy {summary['test_accuracy']:.1%}, {summary['params']['total'] / 1e6:.2f}M params"
     if step == "label":

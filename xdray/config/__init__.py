@@ -216,6 +216,12 @@ class XdrayConfig(Section):
             data = "source" if self.data is not None else self.transfer.tasks[0].name
         return path, e.data or data
 
+    def source_task(self) -> TransferTask:
+        """The source task of a ``data.task`` other than classification, read as a transfer task would be."""
+        d = self.data
+        return TransferTask(name="source", type=d.task, train=d.train, dev=d.dev, test=d.test, tests=d.tests,
+                            max_length=d.max_length, max_train_rows=d.max_train_rows)
+
     @property
     def transfer_student(self) -> str:
         return (self.transfer.student if self.transfer else None) or str(self.step_dir("distill") / "student")

@@ -84,6 +84,9 @@ def check_test_names(value: dict[str, Path], where: str) -> dict[str, Path]:
 
 
 class DataConfig(Section):
+    task: Literal["classification", "token_classification"] = "classification"
+    """What the teacher is trained for. ``token_classification``: tags per word (NER); the splits are then CoNLL
+    (``word<TAB>tag`` lines) or any file a ``token_classification`` transfer task reads (tokens, tags)."""
     train: Path
     """Labeled train split: a TSV file with a header and columns `text` and `label` (integer class ids; `text_pair` too
     with `pairs`)."""
@@ -118,6 +121,12 @@ class DataConfig(Section):
     @classmethod
     def _test_names(cls, value: dict[str, Path]) -> dict[str, Path]:
         return check_test_names(value, "data.tests")
+
+    @model_validator(mode="after")
+    def _token_tasks_are_single_sentences(self) -> DataConfig:
+        if self.task == "token_classification" and self.pairs:
+            raise ValueError("data.pairs: a token_classification task tags the words of one text; fix: remove pairs")
+        return self
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> DataConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from tabulate import tabulate
 from xdray.common.files import read_json, write_json, write_summary
 from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker
-from xdray.config import StageConfig, TransferTask, XdrayConfig
+from xdray.config import StageConfig, TrainerConfig, TransferTask, XdrayConfig
 from xdray.console import console
 from xdray.export.parity import compare_variants, row_length, row_text
+from xdray.train.engine import TrainSpec
 from xdray.train.fit import export_student, fit, make_spec, rows_source, run_name
 from xdray.transfer.metrics import headline
 from xdray.transfer.model import load_saved, task_loss
@@ -49,30 +51,63 @@ def run_transfer(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) 
 def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTask, data: TaskData,
               student: str) -> dict:
     tc, out = cfg.transfer, cfg.step_dir("transfer") / task.name
-    spec_task = data.worker_spec()
-    stage = StageConfig(name=task.name, data="train", loss=task_loss(spec_task), epochs=tc.epochs,
-                        patience=tc.patience, monitor="dev_score")
-    dev = pa.Table.from_pylist(sorted(data.dev, key=row_length))
-    spec = make_spec(cfg, tc, TransferRole(spec_task), student, [stage.model_dump()], data.num_labels, dev,
-                     out / "scratch", "", max_length=task.max_length, trust_remote_code=tc.trust_remote_code)
-    inputs = [p for p in (task.train, task.dev, task.test) if p is not None]
-    inputs += [Path(student, f) for f in ("config.json", "model.safetensors") if Path(student).is_dir()]
-    name = run_name(f"transfer-{task.name}", spec, tc, inputs)
+    job = TaskJob(f"transfer-{task.name}", task, data, student, out, tc, tc.epochs, tc.patience, tc.latency_sentences,
+                  tc.trust_remote_code)
+    spec, name = job.spec(cfg)
     done = read_json(out / "result.json")
     if done and done.get("run_name") == name:
         console.line(f"  transfer {task.name}: complete, skipping ({out / 'result.json'})")
         return done
-    t0 = time.perf_counter()
     with tracker.run(cfg, f"transfer/{task.name}", parent) as run_id:
+        summary = job.run(cfg, tracker, run_id, spec, name)
+        tracker.artifact(run_id, write_json(out / "result.json", summary))
+    return summary
+
+
+@dataclass
+class TaskJob:
+    """One task fine-tuned from ``init`` and scored: a transfer task on the student, or a token task's teacher
+    on its backbone. The model lands in ``out/model``."""
+
+    label: str
+    """The run's name before its hash, shown on the console."""
+    task: TransferTask
+    data: TaskData
+    init: str
+    out: Path
+    trainer: TrainerConfig
+    epochs: int
+    patience: int | None
+    latency_sentences: int
+    trust_remote_code: bool
+
+    def spec(self, cfg: XdrayConfig) -> tuple[TrainSpec, str]:
+        """The worker spec and the run's name (the same for the same inputs and settings)."""
+        task, data = self.task, self.data
+        stage = StageConfig(name=task.name, data="train", loss=task_loss(data.worker_spec()), epochs=self.epochs,
+                            patience=self.patience, monitor="dev_score")
+        dev = pa.Table.from_pylist(sorted(data.dev, key=row_length))
+        spec = make_spec(cfg, self.trainer, TransferRole(data.worker_spec()), self.init, [stage.model_dump()],
+                         data.num_labels, dev, self.out / "scratch", "", max_length=task.max_length,
+                         trust_remote_code=self.trust_remote_code)
+        inputs = [p for p in (task.train, task.dev, task.test) if p is not None]
+        inputs += [Path(self.init, f) for f in ("config.json", "model.safetensors") if Path(self.init).is_dir()]
+        return spec, run_name(self.label, spec, self.trainer, inputs)
+
+    def run(self, cfg: XdrayConfig, tracker: Tracker, run_id: str, spec: TrainSpec, name: str) -> dict:
+        """Train on Ray, export the model, score test (and each extra test split) once here, time it."""
+        task, data, out = self.task, self.data, self.out
+        spec_task = data.worker_spec()
+        t0 = time.perf_counter()
         spec.run_id = run_id
         tracker.params(run_id, {"task": task.model_dump(mode="json"), "type": data.type, "num_labels": data.num_labels,
-                                "train_rows": len(data.train), "student": student})
-        result = fit(spec, tc, {"train": rows_source(data.train)}, out / "ray", name)
+                                "train_rows": len(data.train), "init": self.init})
+        result = fit(spec, self.trainer, {"train": rows_source(data.train)}, out / "ray", name)
         model_dir = out / "model"
         trained = export_student(result, model_dir)
         test = evaluate_model(model_dir, data, task.max_length)
         by_language = {name: evaluate_model(model_dir, data, task.max_length, f"test.{name}") for name in data.tests}
-        texts = [row_text(row) for row in data.test[:tc.latency_sentences]]
+        texts = [row_text(row) for row in data.test[:self.latency_sentences]]
         (ms,), node = measure_latency([model_dir], texts, task.max_length, [1],
                                       loader=partial(load_saved, task=spec_task))
         summary = {
@@ -93,8 +128,7 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
                            if k != "score"}
                         | {"latency_ms": summary["latency_ms"], "params_total": trained["params"]["total"]})
         shutil.rmtree(out / "scratch", ignore_errors=True)
-        tracker.artifact(run_id, write_json(out / "result.json", summary))
-    return summary
+        return summary
 
 
 def evaluate_model(model_dir: Path, data: TaskData, max_length: int, split: str = "test") -> dict[str, float]:
