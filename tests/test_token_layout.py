@@ -151,3 +151,52 @@ def test_a_layout_that_does_not_fit_the_task_is_one_line():
     with pytest.raises(XdrayError, match=r"holds logits of 9 token labels, the task has 21; fix:"):
         Layout("tokens", num_labels=9).check("tokens", 21, "labels")
     Layout.read(Layout("tokens", "all", 3, 21).describe()).check("tokens", 21, "labels")
+
+
+@pytest.fixture(scope="module")
+def token_teacher(tmp_path_factory):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from .conftest import build_tiny_backbone
+
+    root = tmp_path_factory.mktemp("token-teacher")
+    corpus = ["anna smith went to paris today", "we met bob in lima last week", "the film was great"]
+    backbone = build_tiny_backbone(root / "backbone", corpus)
+    torch.manual_seed(0)
+    model = AutoModelForTokenClassification.from_pretrained(backbone, num_labels=4)
+    model.save_pretrained(root / "teacher")
+    AutoTokenizer.from_pretrained(backbone).save_pretrained(root / "teacher")
+    return root / "teacher"
+
+
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_the_labeler_stores_each_words_first_sub_word_and_dev_tags(token_teacher, top_k):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from xdray.label.labeler import ChunkLabeler
+
+    layout = Layout("tokens", "first_subword", top_k, 4)
+    labeler = ChunkLabeler(str(token_teacher), max_length=10, threads=1, batch_size=2, layout=layout.describe())
+    texts = ["anna smith went to paris today", "bob", "we met bob in lima last week and the film was great"]
+    table, stats = labeler.label_table(pa.table({"id": ["a", "b", "c"], "text": texts}))
+    assert stats["labelled"] == 3 and stats["truncated"] == 1  # the third row is over 10 tokens
+    tokenizer = AutoTokenizer.from_pretrained(token_teacher)
+    model = AutoModelForTokenClassification.from_pretrained(token_teacher).eval()
+    out = token_targets(batch(table), 10, layout)
+    for i, text in enumerate(texts):
+        enc = tokenizer([text.split()], is_split_into_words=True, truncation=True, max_length=10, return_tensors="pt")
+        assert table.column("input_ids")[i].as_py() == enc["input_ids"][0].tolist()
+        first = kept_positions(enc.word_ids(0), "first_subword")
+        assert table.column("token_positions")[i].as_py() == first
+        with torch.no_grad():
+            expected = model(**enc).logits[0, first]
+        stored = out["teacher_token_logits"][i, first]
+        keep = out["teacher_token_mask"][i, first]
+        assert (keep.sum(-1) == (top_k or 4)).all()
+        torch.testing.assert_close(stored[keep], expected[keep], atol=5e-3, rtol=1e-3)
+    dev, _ = labeler.label_table(pa.table({"id": ["d"], "tokens": [["anna", "smith", "went"]], "tags": [[1, 2, 0]],
+                                           "label": [0]}))
+    enc = tokenizer([["anna", "smith", "went"]], is_split_into_words=True)
+    tags = dev.column("token_tags")[0].as_py()
+    first = kept_positions(enc.word_ids(0), "first_subword")
+    assert [tags[p] for p in first] == [1, 2, 0] and all(t == -100 for j, t in enumerate(tags) if j not in first)

@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from xdray.common.files import atomic_path
 from xdray.common.hf import load_classifier
 from xdray.common.memory import peak_rss_mb
-from xdray.label.token_layout import ragged
+from xdray.label.token_layout import Layout, kept_positions, ragged, token_columns, word_tags
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -45,10 +46,15 @@ class ChunkLabeler:
 
     def __init__(self, teacher_dir: str, max_length: int, threads: int, batch_size: int,
                  hidden_layers: Sequence[int] = (), overlong: str = "truncate", logits_dtype: str = "float32",
-                 precision: str = "auto"):
+                 precision: str = "auto", layout: dict | None = None):
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when Ray gave one
-        self.model, self.tokenizer = load_classifier(teacher_dir)
+        self.layout = Layout.read(layout)
+        if self.layout.kind == "tokens":  # a token classifier; rows are words (the text split on white space)
+            self.model = AutoModelForTokenClassification.from_pretrained(teacher_dir)
+            self.tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+        else:
+            self.model, self.tokenizer = load_classifier(teacher_dir)
         self.model.to(self.device).eval()
         self.bf16 = self.device.type == "cuda" if precision == "auto" else precision == "bf16"
         self.max_length, self.batch_size, self.hidden_layers = max_length, batch_size, list(hidden_layers)
@@ -70,13 +76,20 @@ class ChunkLabeler:
 
     @torch.inference_mode()
     def label_table(self, table: pa.Table) -> tuple[pa.Table, dict]:
-        texts = table.column("text").to_pylist()
-        pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else None
-        ids, types, overlong = self.tokenize(texts, pairs)
+        tokens = self.layout.kind == "tokens"
+        if tokens:
+            words = (table.column("tokens").to_pylist() if "tokens" in table.column_names
+                     else [t.split() for t in table.column("text").to_pylist()])
+            ids, word_ids, overlong = self.tokenize_words(words)
+            types = None
+        else:
+            texts = table.column("text").to_pylist()
+            pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else None
+            ids, types, overlong = self.tokenize(texts, pairs)
         keep = [i for i in range(len(ids)) if not (self.overlong == "drop" and i in overlong)]
         n, hidden = len(keep), {k: None for k in self.hidden_layers}
-        logits = None
-        tokens = padded = 0
+        logits: np.ndarray | list | None = [None] * n if tokens else None
+        counted = padded = 0
         for batch in length_batches([len(ids[i]) for i in keep], self.batch_size):
             rows = [keep[j] for j in batch]
             input_ids, mask = pad_batch([ids[i] for i in rows], self.tokenizer.pad_token_id)
@@ -87,27 +100,48 @@ class ChunkLabeler:
                 out = self.model(**{k: v.to(self.device) for k, v in inputs.items()},
                                  output_hidden_states=bool(self.hidden_layers))
             scores = out.logits.float().cpu().numpy()
-            if logits is None:
-                logits = np.empty((n, scores.shape[1]), np.float32)
-            logits[batch] = scores
+            if tokens:
+                for b, (j, i) in enumerate(zip(batch, rows)):
+                    logits[j] = scores[b, :len(ids[i])]
+            else:
+                if logits is None:
+                    logits = np.empty((n, scores.shape[1]), np.float32)
+                logits[batch] = scores
             for k in self.hidden_layers:
                 state = out.hidden_states[k][:, 0].half().cpu().numpy()
                 if hidden[k] is None:
                     hidden[k] = np.empty((n, state.shape[1]), np.float16)
                 hidden[k][batch] = state
-            tokens += int(mask.sum())
+            counted += int(mask.sum())
             padded += mask.numel()
         columns = {name: table.column(name).take(keep) for name in ("id", "label") if name in table.column_names}
         columns["input_ids"] = ragged([ids[i] for i in keep], pa.int32())
         if types is not None:
             columns["token_type_ids"] = ragged([types[i] for i in keep], pa.int8())
-        columns["logits"] = _matrix(logits, self.logits_type)
+        if tokens:
+            columns |= token_columns(logits, [kept_positions(word_ids[i], self.layout.positions) for i in keep],
+                                     self.layout)
+            if "tags" in table.column_names:  # dev: each word's tag on its first sub-word, -100 elsewhere
+                tags = table.column("tags").to_pylist()
+                columns["token_tags"] = ragged([word_tags(word_ids[i], tags[i]) for i in keep], pa.int16())
+        else:
+            columns["logits"] = _matrix(logits, self.logits_type)
         for k, states in hidden.items():
             columns[f"hidden_{k}"] = _matrix(states, pa.float16())
-        stats = {"rows": len(texts), "labelled": n, "tokens": tokens, "padded_tokens": padded,
+        stats = {"rows": table.num_rows, "labelled": n, "tokens": counted, "padded_tokens": padded,
                  "truncated": len(overlong) if self.overlong == "truncate" else 0,
                  "overlong_dropped": len(overlong) if self.overlong == "drop" else 0}
         return pa.table(columns), stats
+
+    def tokenize_words(self, words: list[list[str]]) -> tuple[list, list, set[int]]:
+        """Sub-word ids and each token's word index, truncated to ``max_length`` (rows over it reported)."""
+        enc = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length + 1)
+        ids = enc["input_ids"]
+        overlong = {i for i, row in enumerate(ids) if len(row) > self.max_length}
+        if overlong:
+            enc = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length)
+            ids = enc["input_ids"]
+        return ids, [enc.word_ids(i) for i in range(len(ids))], overlong
 
     def tokenize(self, texts: list[str], pairs: list[str] | None) -> tuple[list, list | None, set[int]]:
         """Token ids without padding; one token over the limit reveals the overlong rows, which are then

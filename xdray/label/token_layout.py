@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from xdray.distill.losses import IGNORE_INDEX
 from xdray.errors import XdrayError
 
 KINDS = ("sequence", "tokens", "qa")
@@ -74,6 +75,15 @@ def kept_positions(word_ids: list[int | None], positions: str) -> list[int]:
         if word is not None and (positions == "all" or word != previous):
             out.append(i)
         previous = word
+    return out
+
+
+def word_tags(word_ids: list[int | None], tags: list[int]) -> list[int]:
+    """Each word's tag on its first sub-word and ``IGNORE_INDEX`` elsewhere (later sub-words, specials,
+    padding): what token classifiers train and are scored on."""
+    out = [IGNORE_INDEX] * len(word_ids)
+    for position in kept_positions(word_ids, "first_subword"):
+        out[position] = int(tags[word_ids[position]])
     return out
 
 

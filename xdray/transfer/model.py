@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from xdray.distill.batches import collate, model_inputs, to_device
-from xdray.distill.losses import IGNORE_INDEX
+from xdray.label.token_layout import word_tags
 from xdray.errors import XdrayError
 
 
@@ -63,13 +63,7 @@ def token_collate(raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase
     words = [[str(w) for w in row] for row in raw["tokens"]]
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True,
                     return_tensors="pt")
-    labels = torch.full(enc["input_ids"].shape, IGNORE_INDEX, dtype=torch.long)
-    for i, tags in enumerate(raw["tags"]):
-        previous = None
-        for position, word in enumerate(enc.word_ids(i)):
-            if word is not None and word != previous:
-                labels[i, position] = int(tags[word])
-            previous = word
+    labels = torch.tensor([word_tags(enc.word_ids(i), tags) for i, tags in enumerate(raw["tags"])], dtype=torch.long)
     return to_device(model_inputs(enc) | {"labels": labels}, device)
 
 
