@@ -1,12 +1,15 @@
 """A token task's teacher (``data.task: token_classification``): `xdray teacher` fine-tunes tags per word on a
 local Ray with DeepSpeed, selects on dev entity F1, scores test once and saves a standard HF token classifier;
-the steps that do not distil token tasks yet say so in one line."""
+`xdray label` stores its per-token logits (float16, or top-k); the steps that do not distil token tasks yet
+say so in one line."""
 
 from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForTokenClassification, AutoTokenizer
@@ -14,6 +17,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from xdray.cli import main
 from xdray.common.tracking import tracking_uri
 from xdray.config import ConfigError, load_config, validate_config
+from xdray.label.token_layout import Layout, bytes_per_token, token_targets
 
 from .conftest import build_tiny_backbone
 from .test_transfer import corpus, write_tasks
@@ -60,13 +64,54 @@ def test_the_teacher_learns_the_tags_and_scores_test_once(taught):
     assert run.info.run_name == "teacher" and run.data.metrics["test_f1"] == pytest.approx(summary["test"]["f1"])
 
 
+@pytest.fixture(scope="module")
+def labelled(taught):
+    job, _ = taught
+    cfg = load_config(job)
+    found = {}
+    for top_k in (None, 2):  # the second run relabels: the layout is part of the labels' fingerprint
+        assert main(["label", str(job), "--set", f"label.token_top_k={'null' if top_k is None else top_k}"]) == 0
+        found[top_k] = (json.loads((cfg.labels_dir / "_manifest.json").read_text()),
+                        pq.read_table(cfg.labels_dir / "transfer"), pq.read_table(cfg.labels_dir / "dev"))
+    return cfg, found
+
+
+@pytest.mark.slow
+def test_label_stores_the_teachers_logits_on_first_sub_words(labelled):
+    cfg, found = labelled
+    manifest, transfer, dev = found[None]
+    assert manifest["layout"] == {"kind": "tokens", "positions": "first_subword", "top_k": None, "num_labels": 4,
+                                  "lossless": True}
+    assert {"token_positions", "token_logits"} <= set(transfer.column_names) and "logits" not in transfer.column_names
+    assert dev.num_rows == 40 and "token_tags" in dev.column_names
+    tokenizer = AutoTokenizer.from_pretrained(cfg.teacher_dir)
+    model = AutoModelForTokenClassification.from_pretrained(cfg.teacher_dir).eval()
+    layout = Layout.read(manifest["layout"])
+    for i in range(3):
+        ids = transfer.column("input_ids")[i].as_py()
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor([ids])).logits[0]
+        positions = transfer.column("token_positions")[i].as_py()
+        words = tokenizer.convert_ids_to_tokens(ids)
+        assert all(not words[p].startswith("##") for p in positions) and len(positions) == len(
+            [w for w in words[1:-1] if not w.startswith("##")])
+        got = token_targets({k: [transfer.column(k)[i].as_py()] for k in ("token_positions", "token_logits")},
+                            len(ids), layout)["teacher_token_logits"][0, positions]
+        torch.testing.assert_close(got, expected[positions], atol=5e-3, rtol=1e-3)
+    manifest2, transfer2, _ = found[2]
+    assert manifest2["layout"]["top_k"] == 2 and not manifest2["layout"]["lossless"]
+    assert {"token_labels", "token_lse"} <= set(transfer2.column_names)
+    full, top = bytes_per_token(transfer, layout), bytes_per_token(transfer2, Layout.read(manifest2["layout"]))
+    assert top < full
+
+
 @pytest.mark.slow
 def test_steps_that_cannot_distil_token_tasks_yet_refuse_in_one_line(taught, capsys):
     job, _ = taught
     assert main(["pipeline", str(job)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "data.task token_classification: label, distill" in err[0], err
-    assert "fix: run xdray teacher alone" in err[0]
+    assert len(err) == 1 and "per-token distillation is in progress, so xdray distill cannot" in err[0], err
+    assert "fix: run xdray teacher and xdray label alone" in err[0]
 
 
 def test_a_token_task_of_sentence_pairs_is_refused(tmp_path):

@@ -31,10 +31,11 @@ def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
         if getattr(cfg, key) is None:
             raise ConfigError(f"{key}: required for xdray {' '.join(steps)}; fix: add the {key} section "
                               "(see jobs/quickstart.yaml)")
-    later = [step for step in steps if step in ("label", "distill", "search")]
+    later = [step for step in steps if step in ("distill", "search")]
     if cfg.data.task != "classification" and later:
-        raise ConfigError(f"data.task {cfg.data.task}: {', '.join(later)} handle sequence classification only so far "
-                          "(per-token teacher outputs are in progress); fix: run xdray teacher alone for this task")
+        raise ConfigError(f"data.task {cfg.data.task}: per-token distillation is in progress, so "
+                          f"{' and '.join('xdray ' + step for step in later)} cannot run it yet; fix: run xdray "
+                          "teacher and xdray label alone for this task")
     need_labeled = {"teacher", "distill", "search"} & set(steps)
     if need_labeled:
         for key in ("train", "dev", "test"):

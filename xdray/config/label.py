@@ -45,6 +45,12 @@ class LabelConfig(Section):
     """Teacher forward: ``auto`` = bf16 autocast on GPU, fp32 on CPU."""
     logits_dtype: Literal["float32", "float16"] = "float32"
     """How logits are stored in the Parquet."""
+    token_positions: Literal["first_subword", "all"] = "first_subword"
+    """Token tasks: whose logits are stored, each word's first sub-word (what the task is scored on) or every
+    sub-word of a word."""
+    token_top_k: int | None = Field(None, ge=1)
+    """Token tasks: store only the k largest logits of each token, with their tag ids and the log-sum-exp of all
+    (KL over the k tags and "the rest" stays exact); None, or k ≥ the number of tags, stores every logit."""
     hidden_states: Literal["auto", "all", "none"] = "auto"
     """Teacher [CLS] states stored (float16) next to the logits: ``auto`` = the layers that distill and search
     map to when a stage uses the hidden loss offline; ``all``; ``none``."""

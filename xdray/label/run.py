@@ -45,6 +45,7 @@ from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
 from xdray.label.corpus import chunk_name, clean_rows, stable_id, write_chunks
 from xdray.label.labeler import ChunkLabeler
+from xdray.label.token_layout import Layout
 from xdray.label.parallel import parallel_chunks
 
 SCHEMA_VERSION = 3
@@ -92,6 +93,8 @@ def hidden_layers_to_store(cfg: XdrayConfig, teacher_layers: int) -> list[int]:
     """``auto``: what the layer map pairs with the distill student and every searched depth (if a stage uses
     the hidden loss offline); ``all``: every layer; ``none``."""
     mode = cfg.label.hidden_states
+    if cfg.data.task != "classification":  # [CLS] states say little about tags: token tasks distil hidden online
+        return []
     if mode == "all":
         return list(range(teacher_layers + 1))
     if mode == "none" or not cfg.uses_hidden or cfg.distill.teacher_mode == "online":
@@ -117,6 +120,14 @@ def teacher_hashes(teacher_dir: Path) -> dict[str, str]:
             "tokenizer_sha256": file_digest([p for p in files if p.name in TOKENIZER_FILES])}
 
 
+def label_layout(cfg: XdrayConfig) -> Layout:
+    """What the Parquet holds per row for this source task: sequence logits, or per-token logits."""
+    if cfg.data.task != "token_classification":
+        return Layout()
+    tags = AutoConfig.from_pretrained(cfg.teacher_dir).num_labels
+    return Layout("tokens", cfg.label.token_positions, cfg.label.token_top_k, tags)
+
+
 def fingerprint(cfg: XdrayConfig, hashes: dict, hidden: list[int]) -> dict:
     """Everything that determines the labelled rows; a partial or complete run is reused only when it matches."""
     d = cfg.data
@@ -126,11 +137,20 @@ def fingerprint(cfg: XdrayConfig, hashes: dict, hidden: list[int]) -> dict:
         "hidden_layers": hidden, "logits_dtype": cfg.label.logits_dtype, "chunk_rows": cfg.label.chunk_rows,
         "cleaning": d.cleaning.model_dump(), "sources": sources, "dev": {"path": str(d.dev), **file_stamp(d.dev)},
         "max_transfer_rows": d.max_transfer_rows, "seed": cfg.seed if d.max_transfer_rows else None,
+        **({"layout": label_layout(cfg).describe()} if cfg.data.task != "classification" else {}),
     }
 
 
 def _dev_rows(cfg: XdrayConfig):
-    """The dev split, with ids from position and content (dev may repeat a sentence with another label)."""
+    """The dev split, with ids from position and content (dev may repeat a sentence with another label); a
+    token task's rows carry their words and tags."""
+    if cfg.data.task == "token_classification":
+        from xdray.transfer.tasks import load_task
+
+        for i, row in enumerate(load_task(cfg.source_task(), cfg.seed).dev):
+            text = " ".join(row["tokens"])
+            yield stable_id("dev", f"{i}\t{text}"), text, row["tokens"], row["tags"]
+        return
     _, dev, _ = load_splits(cfg)
     for i, text in enumerate(dev.texts):
         pair = dev.pairs[i] if dev.pairs is not None else None
@@ -155,7 +175,11 @@ def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
             names = ", ".join(s.key for s in cfg.data.transfer)
             raise XdrayError(f"data.transfer: the corpus ({names}) holds no non-empty rows ({counts['rows']} read); "
                              "fix: point data.transfer at non-empty text, or at the right column")
-        dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*columns, "label"], {"label": pa.int64()})
+        if cfg.data.task == "token_classification":
+            dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*columns, "tokens", "tags"],
+                               {"tokens": pa.list_(pa.string()), "tags": pa.list_(pa.int16())})
+        else:
+            dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*columns, "label"], {"label": pa.int64()})
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         if work.parent.is_dir() and not any(work.parent.iterdir()):
@@ -177,7 +201,7 @@ def _label_chunks(cfg: XdrayConfig, work: Path, todo: list[dict], hidden: list[i
     labeller = dict(
         teacher_dir=str(cfg.teacher_dir), max_length=cfg.data.max_length, threads=max(1, int(lc.cpus_per_actor)),
         batch_size=lc.batch_size, hidden_layers=hidden, overlong=cfg.data.cleaning.overlong,
-        logits_dtype=lc.logits_dtype, precision=lc.precision,
+        logits_dtype=lc.logits_dtype, precision=lc.precision, layout=label_layout(cfg).describe(),
     )
     pool = ray.data.ActorPoolStrategy(size=lc.actors, max_tasks_in_flight_per_actor=1)
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -225,7 +249,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
         shutil.rmtree(work, ignore_errors=True)
         plan = prepare(cfg, work, fp)
     todo = [c for c in plan["chunks"] if not (work / "out" / c["part"] / c["file"]).is_file()]
-    lc = cfg.label
+    lc, layout = cfg.label, label_layout(cfg)
     with tracker.run(cfg, "label", parent) as run_id:
         tracker.params(run_id, {"label": lc.model_dump(mode="json"), "teacher": str(cfg.teacher_dir),
                                 "cleaning": cfg.data.cleaning.model_dump(), "hidden_layers": hidden,
@@ -242,10 +266,7 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
             "schema_version": SCHEMA_VERSION, "teacher": str(cfg.teacher_dir), **hashes,
             "max_length": cfg.data.max_length, "rows": rows["transfer"], "dev_rows": rows["dev"],
             "teacher_layers": teacher_layers, "hidden_layers": hidden, "pairs": cfg.data.pairs,
-            "cleaning": cleaning, "columns": {
-                "id": "string", "input_ids": "list<int32>", "logits": f"list<{lc.logits_dtype}>",
-                **({"token_type_ids": "list<int8>"} if cfg.data.pairs else {}),
-                **{f"hidden_{k}": "list<float16>" for k in hidden}, "label (dev only)": "int64"},
+            "cleaning": cleaning, "layout": layout.describe(), "columns": _columns(cfg, layout, hidden),
             "fingerprint": fp,
         }
         write_json(work / "out" / "_manifest.json", manifest)
@@ -275,6 +296,21 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
         tracker.artifact(run_id, data_dir / "_manifest.json")
         tracker.artifact(run_id, write_summary(cfg, "label", summary))
     return summary
+
+
+def _columns(cfg: XdrayConfig, layout: Layout, hidden: list[int]) -> dict[str, str]:
+    """The Parquet columns, for the manifest."""
+    columns = {"id": "string", "input_ids": "list<int32>"}
+    if cfg.data.pairs:
+        columns["token_type_ids"] = "list<int8>"
+    if layout.kind == "tokens":
+        columns |= {"token_positions": "list<int16>", "token_logits": "list<float16>"}
+        if not layout.lossless:
+            columns |= {"token_labels": "list<int16>", "token_lse": "list<float16>"}
+        columns["token_tags (dev only)"] = "list<int16>"
+    else:
+        columns |= {"logits": f"list<{cfg.label.logits_dtype}>", "label (dev only)": "int64"}
+    return columns | {f"hidden_{k}": "list<float16>" for k in hidden}
 
 
 def _poll(work: Path, plan: dict):
