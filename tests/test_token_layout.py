@@ -200,3 +200,37 @@ def test_the_labeler_stores_each_words_first_sub_word_and_dev_tags(token_teacher
     tags = dev.column("token_tags")[0].as_py()
     first = kept_positions(enc.word_ids(0), "first_subword")
     assert [tags[p] for p in first] == [1, 2, 0] and all(t == -100 for j, t in enumerate(tags) if j not in first)
+
+
+def test_labelled_token_rows_collate_into_targets_the_objective_reads(token_teacher):
+    """The teacher against its own stored outputs: zero loss up to float16 rounding; a fresh head is far off."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from xdray.distill.batches import collate
+    from xdray.distill.objective import DistillModule, Objective
+    from xdray.label.labeler import ChunkLabeler
+
+    layout = Layout("tokens", "first_subword", None, 4)
+    labeler = ChunkLabeler(str(token_teacher), max_length=16, threads=1, batch_size=4, layout=layout.describe())
+    texts = ["anna smith went to paris today", "we met bob in lima last week", "the film was great"]
+    table, _ = labeler.label_table(pa.table({"id": ["a", "b", "c"], "text": texts}))
+    tokenizer = AutoTokenizer.from_pretrained(token_teacher)
+    batch_ = collate(batch(table), tokenizer, 16, "cpu", layout)
+    teacher = DistillModule(AutoModelForTokenClassification.from_pretrained(token_teacher).eval(), None, 0)
+    torch.manual_seed(3)
+    other = AutoModelForTokenClassification.from_pretrained(token_teacher)
+    torch.nn.init.normal_(other.classifier.weight, std=1.0)  # another head on the same encoder
+    fresh = DistillModule(other, None, 0)
+    for name in ("logits_mse", "logits_kl"):
+        objective = Objective((name,))
+        with torch.no_grad():
+            own = objective(teacher(**{k: batch_[k] for k in ("input_ids", "attention_mask")}), batch_)["total"]
+        assert own < 1e-4, (name, own)
+    out = fresh(**{k: batch_[k] for k in ("input_ids", "attention_mask")})
+    loss = Objective(("logits_mse",))(out, batch_)["total"]
+    assert loss > 1e-3
+    dev, _ = labeler.label_table(pa.table({"id": ["d"], "tokens": [["anna", "smith", "went"]], "tags": [[1, 2, 0]]}))
+    dev_batch = collate(batch(dev), tokenizer, 16, "cpu", layout)
+    assert dev_batch["labels"].shape == dev_batch["input_ids"].shape
+    ce = Objective(("ce",))(fresh(**{k: dev_batch[k] for k in ("input_ids", "attention_mask")}), dev_batch)["total"]
+    assert torch.isfinite(ce) and ce > 0

@@ -9,6 +9,9 @@ import pyarrow as pa
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from xdray.distill.losses import IGNORE_INDEX
+from xdray.label.token_layout import Layout, token_targets
+
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -19,13 +22,15 @@ def model_inputs(batch) -> dict:
 
 
 def collate(
-    raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int, device: torch.device | str
+    raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int, device: torch.device | str,
+    layout: Layout | None = None,
 ) -> dict:
     """A Ray Data numpy batch → model inputs and targets, padded to the longest row of the batch.
 
     Rows carry either ``input_ids`` (+ ``token_type_ids`` for pairs; the labelled Parquet, tokenized once by
     the labelling job) or ``text`` (+ ``text_pair``; labeled splits, tokenized here). Teacher targets:
-    ``logits`` and ``hidden_<k>`` (the teacher's [CLS] state of hidden layer k).
+    ``logits`` and ``hidden_<k>`` (the teacher's [CLS] state of hidden layer k), or a token task's per-token
+    columns (read with ``layout``, see ``label.token_layout``) and its dev ``token_tags``.
     """
     if "input_ids" in raw:
         batch = {"input_ids": _pad(raw["input_ids"], max_length, tokenizer.pad_token_id)}
@@ -37,6 +42,10 @@ def collate(
         enc = tokenizer([str(t) for t in raw["text"]], pairs, truncation=True, max_length=max_length,
                         padding=True, return_tensors="pt")
         batch = model_inputs(enc)
+    if "token_positions" in raw:
+        batch |= token_targets(raw, batch["input_ids"].shape[1], layout)
+    if "token_tags" in raw:
+        batch["labels"] = _pad(raw["token_tags"], max_length, IGNORE_INDEX)
     if "logits" in raw:
         batch["teacher_logits"] = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in raw["logits"]]))
     hidden = {int(k.removeprefix("hidden_")): k for k in raw if k.startswith("hidden_")}

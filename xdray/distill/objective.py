@@ -146,6 +146,10 @@ class Objective:
             elif name == "relations":
                 parts[name] = L.qkv_relations(out["qkv"], batch["teacher_qkv"], batch["attention_mask"],
                                               self.relation_heads)
+            elif name in ("logits_mse", "logits_kl") and "teacher_token_logits" in batch:  # a token task
+                s, t, m = out["logits"], batch["teacher_token_logits"], batch["teacher_token_mask"]
+                parts[name] = L.masked_mse(s, t, m) if name == "logits_mse" else L.masked_kl(
+                    s, t, m, self.temperature, batch.get("teacher_token_lse"))
             elif name == "logits_mse":
                 parts[name] = L.logits_mse(out["logits"], batch["teacher_logits"])
             elif name == "logits_kl":
