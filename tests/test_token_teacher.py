@@ -1,6 +1,6 @@
 """A token task's teacher (``data.task: token_classification``): `xdray teacher` fine-tunes tags per word on a
 local Ray with DeepSpeed, selects on dev entity F1, scores test once and saves a standard HF token classifier;
-`xdray label` stores its per-token logits (float16, or top-k); the steps that do not distil token tasks yet
+`xdray label` stores its per-token top-k logits; the steps that do not distil token tasks yet
 say so in one line."""
 
 from __future__ import annotations
@@ -66,27 +66,26 @@ def test_the_teacher_learns_the_tags_and_scores_test_once(taught):
 
 @pytest.fixture(scope="module")
 def labelled(taught):
+    """Top-2 of the 4 tags (the lossless layout's round trip through the labeler is tests/test_token_layout.py's)."""
     job, _ = taught
-    cfg = load_config(job)
-    found = {}
-    for top_k in (None, 2):  # the second run relabels: the layout is part of the labels' fingerprint
-        assert main(["label", str(job), "--set", f"label.token_top_k={'null' if top_k is None else top_k}"]) == 0
-        found[top_k] = (json.loads((cfg.labels_dir / "_manifest.json").read_text()),
-                        pq.read_table(cfg.labels_dir / "transfer"), pq.read_table(cfg.labels_dir / "dev"))
-    return cfg, found
+    assert main(["label", str(job), "--set", "label.token_top_k=2"]) == 0
+    cfg = load_config(job, ["label.token_top_k=2"])
+    return cfg, (json.loads((cfg.labels_dir / "_manifest.json").read_text()),
+                 pq.read_table(cfg.labels_dir / "transfer"), pq.read_table(cfg.labels_dir / "dev"))
 
 
 @pytest.mark.slow
-def test_label_stores_the_teachers_logits_on_first_sub_words(labelled):
-    cfg, found = labelled
-    manifest, transfer, dev = found[None]
-    assert manifest["layout"] == {"kind": "tokens", "positions": "first_subword", "top_k": None, "num_labels": 4,
-                                  "lossless": True}
-    assert {"token_positions", "token_logits"} <= set(transfer.column_names) and "logits" not in transfer.column_names
+def test_label_stores_the_teachers_top_logits_on_first_sub_words(labelled):
+    cfg, (manifest, transfer, dev) = labelled
+    assert manifest["layout"] == {"kind": "tokens", "positions": "first_subword", "top_k": 2, "num_labels": 4,
+                                  "lossless": False}
+    assert {"token_positions", "token_logits", "token_labels", "token_lse"} <= set(transfer.column_names)
+    assert "logits" not in transfer.column_names
     assert dev.num_rows == 40 and "token_tags" in dev.column_names
     tokenizer = AutoTokenizer.from_pretrained(cfg.teacher_dir)
     model = AutoModelForTokenClassification.from_pretrained(cfg.teacher_dir).eval()
     layout = Layout.read(manifest["layout"])
+    columns = ("token_positions", "token_logits", "token_labels", "token_lse")
     for i in range(3):
         ids = transfer.column("input_ids")[i].as_py()
         with torch.no_grad():
@@ -95,16 +94,18 @@ def test_label_stores_the_teachers_logits_on_first_sub_words(labelled):
         words = tokenizer.convert_ids_to_tokens(ids)
         assert all(not words[p].startswith("##") for p in positions) and len(positions) == len(
             [w for w in words[1:-1] if not w.startswith("##")])
-        got = token_targets({k: [transfer.column(k)[i].as_py()] for k in ("token_positions", "token_logits")},
-                            len(ids), layout)["teacher_token_logits"][0, positions]
-        torch.testing.assert_close(got, expected[positions], atol=5e-3, rtol=1e-3)
-    manifest2, transfer2, _ = found[2]
-    assert manifest2["layout"]["top_k"] == 2 and not manifest2["layout"]["lossless"]
-    assert {"token_labels", "token_lse"} <= set(transfer2.column_names)
-    # per token: 4 float16 logits + an int16 position; top-2: 2 logits, 2 int16 tags, a log-sum-exp, a position;
-    # plus each row's int32 offsets (a tweet has at least one token); k pays off only when k ≪ tags (WNUT: 21)
-    full, top = bytes_per_token(transfer, layout), bytes_per_token(transfer2, Layout.read(manifest2["layout"]))
-    assert 10 <= full <= 10 + 2 * 4 and 12 <= top <= 12 + 4 * 4, (full, top)
+        got = token_targets({k: [transfer.column(k)[i].as_py()] for k in columns}, len(ids), layout)
+        keep = got["teacher_token_mask"][0, positions]
+        assert (keep.sum(-1) == 2).all() and (keep == _top2(expected[positions])).all()
+        torch.testing.assert_close(got["teacher_token_logits"][0, positions][keep], expected[positions][keep],
+                                   atol=5e-3, rtol=1e-3)
+    # per token: 2 float16 logits, 2 int16 tags, a float16 log-sum-exp, an int16 position, plus each row's int32
+    # offsets of the 4 columns (a tweet has at least one token); the full layout would hold 4 logits + a position
+    assert 12 <= bytes_per_token(transfer, layout) <= 12 + 4 * 4
+
+
+def _top2(logits: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, logits.topk(2, -1).indices, True)
 
 
 @pytest.mark.slow
