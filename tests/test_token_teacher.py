@@ -96,16 +96,15 @@ def test_label_stores_the_teachers_top_logits_on_first_sub_words(labelled):
             [w for w in words[1:-1] if not w.startswith("##")])
         got = token_targets({k: [transfer.column(k)[i].as_py()] for k in columns}, len(ids), layout)
         keep = got["teacher_token_mask"][0, positions]
-        assert (keep.sum(-1) == 2).all() and (keep == _top2(expected[positions])).all()
+        assert (keep.sum(-1) == 2).all()
+        mine = expected[positions]  # the stored are the two largest (up to batching's rounding)
+        assert (mine.masked_fill(~keep, float("inf")).amin(-1) >= mine.masked_fill(keep, -float("inf")).amax(-1)
+                - 1e-4).all()
         torch.testing.assert_close(got["teacher_token_logits"][0, positions][keep], expected[positions][keep],
                                    atol=5e-3, rtol=1e-3)
     # per token: 2 float16 logits, 2 int16 tags, a float16 log-sum-exp, an int16 position, plus each row's int32
     # offsets of the 4 columns (a tweet has at least one token); the full layout would hold 4 logits + a position
     assert 12 <= bytes_per_token(transfer, layout) <= 12 + 4 * 4
-
-
-def _top2(logits: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, logits.topk(2, -1).indices, True)
 
 
 @pytest.mark.slow
