@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from xdray.distill.batches import table_batches
 from xdray.distill.losses import logits_kl, masked_kl, masked_mse, span_ce
-from xdray.errors import XdrayError
-from xdray.label.token_layout import (
+from xdray.distill.token_layout import (
     Layout,
     bytes_per_token,
     kept_positions,
@@ -21,6 +20,7 @@ from xdray.label.token_layout import (
     token_columns,
     token_targets,
 )
+from xdray.errors import XdrayError
 
 C = 7
 LENGTHS = [9, 5, 12]

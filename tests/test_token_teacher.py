@@ -17,7 +17,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from xdray.cli import main
 from xdray.common.tracking import tracking_uri
 from xdray.config import ConfigError, load_config, validate_config
-from xdray.label.token_layout import Layout, bytes_per_token, token_targets
+from xdray.distill.token_layout import Layout, bytes_per_token, token_targets
 
 from .conftest import build_tiny_backbone
 from .test_transfer import corpus, write_tasks

@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from xdray.distill.losses import IGNORE_INDEX
-from xdray.label.token_layout import Layout, token_targets
+from xdray.distill.token_layout import Layout, token_targets
 
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -30,7 +30,7 @@ def collate(
     Rows carry either ``input_ids`` (+ ``token_type_ids`` for pairs; the labelled Parquet, tokenized once by
     the labelling job) or ``text`` (+ ``text_pair``; labeled splits, tokenized here). Teacher targets:
     ``logits`` and ``hidden_<k>`` (the teacher's [CLS] state of hidden layer k), or a token task's per-token
-    columns (read with ``layout``, see ``label.token_layout``) and its dev ``token_tags``.
+    columns (read with ``layout``, see ``distill.token_layout``) and its dev ``token_tags``.
     """
     if "input_ids" in raw:
         batch = {"input_ids": _pad(raw["input_ids"], max_length, tokenizer.pad_token_id)}

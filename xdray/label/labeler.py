@@ -17,7 +17,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from xdray.common.files import atomic_path
 from xdray.common.hf import load_classifier
 from xdray.common.memory import peak_rss_mb
-from xdray.label.token_layout import Layout, kept_positions, ragged, token_columns, word_tags
+from xdray.distill.token_layout import Layout, kept_positions, ragged, token_columns, word_tags
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -45,7 +45,7 @@ from xdray.distill.losses import layer_map
 from xdray.errors import XdrayError
 from xdray.label.corpus import chunk_name, clean_rows, stable_id, write_chunks
 from xdray.label.labeler import ChunkLabeler
-from xdray.label.token_layout import Layout
+from xdray.distill.token_layout import Layout
 from xdray.label.parallel import parallel_chunks
 
 SCHEMA_VERSION = 3

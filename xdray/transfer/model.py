@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from xdray.distill.batches import collate, model_inputs, to_device
-from xdray.label.token_layout import word_tags
+from xdray.distill.token_layout import word_tags
 from xdray.errors import XdrayError
 
 
