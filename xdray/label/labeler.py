@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from xdray.common.files import atomic_path
 from xdray.common.hf import load_classifier
 from xdray.common.memory import peak_rss_mb
 from xdray.distill.token_layout import Layout, kept_positions, ragged, token_columns, word_tags
+from xdray.transfer.model import load_saved
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -51,8 +51,7 @@ class ChunkLabeler:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when Ray gave one
         self.layout = Layout.read(layout)
         if self.layout.kind == "tokens":  # a token classifier; rows are words (the text split on white space)
-            self.model = AutoModelForTokenClassification.from_pretrained(teacher_dir)
-            self.tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+            self.model, self.tokenizer = load_saved(teacher_dir, {"type": "token_classification"})
         else:
             self.model, self.tokenizer = load_classifier(teacher_dir)
         self.model.to(self.device).eval()
