@@ -87,6 +87,7 @@ def test_search_trials_build_their_students_on_one_pruned_vocabulary(tiny_task, 
     from xdray.config.space import every_candidate
     from xdray.data.tables import load_splits
     from xdray.distill.prune import corpus_pieces
+    from xdray.distill.run import source_data
     from xdray.search.trial import TrialContext, _build
 
     from .conftest import tiny_config
@@ -95,7 +96,7 @@ def test_search_trials_build_their_students_on_one_pruned_vocabulary(tiny_task, 
                       distill={"student": {"layers": 1, "hidden": 16, "heads": 2, "vocab": "prune", "vocab_cap": 120}})
     cfg = validate_config(raw)
     teacher = AutoTokenizer.from_pretrained(cfg.teacher_dir)
-    keep, report = corpus_pieces(cfg, load_splits(cfg), teacher)
+    keep, report = corpus_pieces(cfg, source_data(cfg).texts, teacher)
     assert report["kept_pieces"] == len(keep) < len(teacher)
     ctx = TrialContext(cfg, None, None, "xdray-test", cfg.distill, {}, None, 2, [], tuple(keep))
     table = id_map(keep, teacher)

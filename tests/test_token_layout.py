@@ -234,3 +234,41 @@ def test_labelled_token_rows_collate_into_targets_the_objective_reads(token_teac
     assert dev_batch["labels"].shape == dev_batch["input_ids"].shape
     ce = Objective(("ce",))(fresh(**{k: dev_batch[k] for k in ("input_ids", "attention_mask")}), dev_batch)["total"]
     assert torch.isfinite(ce) and ce > 0
+
+
+def test_the_student_role_of_a_token_task_batches_words_or_labels_and_scores_entities(token_teacher):
+    """What a distillation worker does for a token task, without Ray: a per-token student head, word/tag rows and
+    labelled rows each collated, the online teacher's targets on every real token, entity F1 on the whole of dev."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, BertForTokenClassification
+
+    from xdray.config import StudentConfig
+    from xdray.distill.objective import Objective, teacher_targets
+    from xdray.distill.role import StudentRole
+    from xdray.distill.student import build_student
+    from xdray.label.labeler import ChunkLabeler
+
+    layout = Layout("tokens", "first_subword", 2, 4)
+    task = {"type": "token_classification", "names": ["B-LOC", "B-PER", "I-PER", "O"], "num_labels": 4}
+    role = StudentRole(StudentConfig(layers=1, hidden=16, heads=2).model_dump(), task=task, layout=layout.describe())
+    assert not role.shards_dev and StudentRole({}).shards_dev  # entity F1 is not a sum over shards
+    teacher = AutoModelForTokenClassification.from_pretrained(token_teacher).eval()
+    tokenizer = AutoTokenizer.from_pretrained(token_teacher)
+    student = build_student(StudentConfig(layers=1, hidden=16, heads=2), teacher, 4, task_type=task["type"])
+    assert isinstance(student, BertForTokenClassification) and student.config.id2label == teacher.config.id2label
+
+    words = role.collate({"tokens": [["anna", "smith", "went"], ["bob"]], "tags": [[1, 2, 3], [1]]}, tokenizer, 16,
+                         "cpu")
+    assert words["labels"][0, 1:4].tolist() == [1, 2, 3] and words["labels"][1, 1].item() == 1
+    labeler = ChunkLabeler(str(token_teacher), max_length=16, threads=1, batch_size=4, layout=layout.describe())
+    table, _ = labeler.label_table(pa.table({"id": ["a"], "text": ["anna smith went to paris today"]}))
+    stored = role.collate(batch(table), tokenizer, 16, "cpu")
+    assert stored["teacher_token_mask"].sum(-1).max() == 2 and "teacher_token_lse" in stored  # top-2 + the rest
+
+    online = teacher_targets(teacher, words, Objective(("logits_kl",)))
+    assert online["teacher_token_logits"].shape == (2, words["input_ids"].shape[1], 4)
+    assert (online["teacher_token_mask"].any(-1) == words["attention_mask"].bool()).all()  # every real token
+    metric = role.metric()
+    gold = torch.tensor([[-100, 1, 2, 3, -100]])
+    right = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 3, 0]]), 4).float()
+    assert metric([right], [gold])["score"] == 1.0
+    assert metric([torch.nn.functional.one_hot(torch.tensor([[0, 3, 3, 3, 0]]), 4).float()], [gold])["f1"] == 0.0

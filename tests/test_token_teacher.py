@@ -1,11 +1,13 @@
 """A token task's teacher (``data.task: token_classification``): `xdray teacher` fine-tunes tags per word on a
 local Ray with DeepSpeed, selects on dev entity F1, scores test once and saves a standard HF token classifier;
-`xdray label` stores its per-token top-k logits; the steps that do not distil token tasks yet
-say so in one line."""
+`xdray label` stores its per-token top-k logits; `xdray distill` trains a token student on them that beats its
+labels-only twin; labels of another layout, and the search, are refused in one line."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -107,13 +109,67 @@ def test_label_stores_the_teachers_top_logits_on_first_sub_words(labelled):
     assert 12 <= bytes_per_token(transfer, layout) <= 12 + 4 * 4
 
 
+FEW_LABELS = 24
+"""Train rows the students see (of 160): few labels and many unlabelled sentences, the regime distillation is for."""
+
+
+def distil(job, root, arm: str, stages: list[dict], **more: str) -> dict:
+    """``xdray distill`` of a token student in its own output directory, on the taught teacher (and its labels)."""
+    cfg = load_config(job)
+    sets = {"output_dir": str(root / arm), "label.teacher": str(cfg.teacher_dir), "data.max_train_rows": FEW_LABELS,
+            "distill.labels": str(cfg.labels_dir), "distill.stages": stages, "distill.workers": 2,
+            "distill.student": {"layers": 1, "hidden": 32, "heads": 2, "init": "teacher-layers", "embeddings": "copy"},
+            "distill.lr": 3.0e-3, "distill.batch_size": 16, **more}
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={json.dumps(value)}")]
+    assert main(["distill", str(job), *args]) == 0
+    return json.loads((root / arm / "distill" / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def distilled(labelled, tmp_path_factory):
+    """A token student distilled from the stored top-2 logits (KL with the rest bucket, gradual unfreezing, then
+    the few labels), and its twin trained on the few labels alone, for as many label epochs."""
+    cfg, _ = labelled
+    job, root = cfg.output_dir.parent / "job.yaml", tmp_path_factory.mktemp("token-students")
+    labels = {"name": "labels", "data": "train", "loss": "ce", "epochs": 6}
+    kd = distil(job, root, "kd", [{"name": "logits", "data": "transfer", "loss": "logits_kl", "epochs": 4,
+                                   "unfreeze": "gradual"}, labels])
+    return job, kd, distil(job, root, "labels-only", [labels])
+
+
 @pytest.mark.slow
-def test_steps_that_cannot_distil_token_tasks_yet_refuse_in_one_line(taught, capsys):
-    job, _ = taught
+def test_a_token_student_distilled_from_per_token_logits_beats_its_labels_only_twin(distilled):
+    job, kd, alone = distilled
+    assert kd["metric"] == "f1" and "dev_accuracy" not in kd and kd["workers"] == 2
+    assert [p["name"] for p in kd["phases"]][0].startswith("logits") and kd["phases"][-1]["name"] == "labels"
+    assert kd["dev_score"] > alone["dev_score"] + 0.05, (kd["dev_score"], alone["dev_score"])
+    assert kd["test"]["f1"] > alone["test"]["f1"], (kd["test"], alone["test"])
+    student = AutoModelForTokenClassification.from_pretrained(kd["model_dir"])  # a standard HF token classifier
+    assert student.config.id2label == {0: "B-LOC", 1: "B-PER", 2: "I-PER", 3: "O"}
+    assert student.config.num_hidden_layers == 1  # one of the teacher's two blocks
+    enc = AutoTokenizer.from_pretrained(kd["model_dir"])(["i met anna smith in paris"], return_tensors="pt")
+    assert student(**enc).logits.shape == (1, enc["input_ids"].shape[1], 4)
+    store = tracking_uri(load_config(job, [f"output_dir={Path(kd['model_dir']).parents[1]}"]))
+    run = MlflowClient(store).get_run(kd["mlflow_run_id"])
+    assert run.data.metrics["test_f1"] == pytest.approx(kd["test"]["f1"]) and "final_dev_accuracy" not in run.data.metrics
+
+
+@pytest.mark.slow
+def test_labels_of_another_layout_and_the_search_are_refused_in_one_line(distilled, tmp_path, capsys):
+    job, _, _ = distilled
+    cfg = load_config(job)
+    shutil.copytree(cfg.labels_dir, tmp_path / "labels")
+    manifest = json.loads((tmp_path / "labels" / "_manifest.json").read_text())
+    manifest["layout"] = {"kind": "sequence"}  # labels of a sequence teacher
+    (tmp_path / "labels" / "_manifest.json").write_text(json.dumps(manifest))
+    assert main(["distill", str(job), "--set", f"distill.labels={tmp_path / 'labels'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds sequence outputs, but the task is tokens; fix: label again" in err[0], err
+    assert not (cfg.output_dir / "distill" / "student").exists()  # nothing half-made
     assert main(["pipeline", str(job)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "per-token distillation is in progress, so xdray distill and xdray search cannot" in err[0], err
-    assert "fix: run xdray teacher and xdray label alone" in err[0]
+    assert len(err) == 1 and "xdray search (and the pipeline, which ends with it) ranks students by accuracy" in err[0]
+    assert "fix: run xdray teacher, xdray label and xdray distill" in err[0]
 
 
 def test_a_token_task_of_sentence_pairs_is_refused(tmp_path):

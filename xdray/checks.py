@@ -31,11 +31,10 @@ def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
         if getattr(cfg, key) is None:
             raise ConfigError(f"{key}: required for xdray {' '.join(steps)}; fix: add the {key} section "
                               "(see jobs/quickstart.yaml)")
-    later = [step for step in steps if step in ("distill", "search")]
-    if cfg.data.task != "classification" and later:
-        raise ConfigError(f"data.task {cfg.data.task}: per-token distillation is in progress, so "
-                          f"{' and '.join('xdray ' + step for step in later)} cannot run it yet; fix: run xdray "
-                          "teacher and xdray label alone for this task")
+    if cfg.data.task != "classification" and "search" in steps:
+        raise ConfigError(f"data.task {cfg.data.task}: xdray search (and the pipeline, which ends with it) ranks "
+                          "students by accuracy and takes sequence tasks only; fix: run xdray teacher, xdray label "
+                          "and xdray distill for this task")
     need_labeled = {"teacher", "distill", "search"} & set(steps)
     if need_labeled:
         for key in ("train", "dev", "test"):

@@ -111,9 +111,11 @@ class Tracker:
         import torch
         import transformers
         from mlflow.models import infer_signature
-        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline
+        from transformers import AutoTokenizer, pipeline
 
-        head = AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
+        from xdray.common.hf import head_class
+
+        head = head_class(task.replace("-", "_"))
         components = {"model": head.from_pretrained(model_dir), "tokenizer": AutoTokenizer.from_pretrained(model_dir)}
         predicted = pipeline(task, **components)(examples)
         signature = infer_signature(examples, [_plain(p) for p in predicted])

@@ -177,10 +177,14 @@ def teacher_targets(teacher: nn.Module, batch: dict, objective: Objective) -> di
             output_hidden_states=bool(objective.teacher_hidden_layers) or objective.relation,
             output_attentions=objective.attention_maps,
         )
-    targets = {"teacher_logits": out.logits.float()}
+    mask = batch["attention_mask"]
+    if out.logits.dim() == 3:  # a token teacher: logits for every real token
+        logits = out.logits.float()
+        targets = {"teacher_token_logits": logits, "teacher_token_mask": mask.bool()[..., None].expand_as(logits)}
+    else:
+        targets = {"teacher_logits": out.logits.float()}
     if relations:
         targets["teacher_qkv"] = [x.float() for x in qkv]
-    mask = batch["attention_mask"]
     if objective.teacher_hidden_layers:
         targets["teacher_hidden"] = {
             k: L.select_positions(out.hidden_states[k], mask, objective.positions).float()

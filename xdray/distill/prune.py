@@ -124,15 +124,15 @@ def _remap_ids(node, new_id: dict[int, int]):
     return node
 
 
-def corpus_pieces(cfg, splits, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], dict]:
+def corpus_pieces(cfg, texts: list[list[str]], tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], dict]:
     """The kept ids for ``cfg``'s student and a report: the labelled transfer Parquet's ids, the source splits'
-    and every file-based transfer task's texts (``splits``: the source train/dev/test ``LabeledSplit``s)."""
+    and every file-based transfer task's texts (``texts``: the source splits', one list per split)."""
     from xdray.export.parity import row_text
     from xdray.transfer.tasks import load_task
 
     columns = [pq.read_table(cfg.labels_dir / part, columns=["input_ids"]).column("input_ids")
                for part in ("transfer", "dev") if (cfg.labels_dir / part).exists()]
-    texts = [list(s.texts) + list(s.pairs or []) for s in splits]
+    texts = list(texts)
     for task in (cfg.transfer.tasks if cfg.transfer else []):
         if not task.preset:  # presets download; their pieces segment into kept ones (single characters stay)
             data = load_task(task)

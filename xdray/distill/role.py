@@ -1,20 +1,29 @@
 """The student's role in the worker loop (``xdray distill`` and search trials): build a student from the teacher
-(or load the one a search trial built), and keep the teacher beside it when it runs online."""
+(or load the one a search trial built), and keep the teacher beside it when it runs online. For a token task
+(``task``) the student has a per-token head, batches carry per-token targets (``layout``) or word tags, and dev
+is scored by entity F1."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from transformers import AutoConfig, AutoTokenizer
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from xdray.common.hf import load_classifier
 from xdray.config import StudentConfig
+from xdray.distill.batches import collate
 from xdray.distill.losses import layer_map
 from xdray.distill.objective import DistillModule
 from xdray.distill.prune import id_map, prune_tokenizer
 from xdray.distill.student import build_student
+from xdray.distill.token_layout import Layout
 from xdray.train.engine import TrainSpec
 from xdray.train.role import Built, Role, count_forwards
+from xdray.transfer.metrics import task_metrics
+from xdray.transfer.model import token_collate
 
 
 @dataclass(frozen=True)
@@ -23,19 +32,27 @@ class StudentRole(Role):
     student_dir: str | None = None  # a student already built (search trials): workers never load the teacher
     teacher_mode: str = "offline"  # "online": the teacher runs in the worker on transfer stages
     pieces: tuple[int, ...] | None = None  # the teacher ids a pruned vocabulary keeps (``prune``)
+    task: dict | None = None  # a token task's ``TaskData.worker_spec()``; None: sequence classification
+    layout: dict | None = None  # what the labelled Parquet holds per row (``Layout.describe()``)
+
+    @property
+    def shards_dev(self) -> bool:  # entity F1 does not add up across shards
+        return self.task is None
 
     def build(self, spec: TrainSpec) -> Built:
         student_cfg = StudentConfig(**self.student)
+        kind = self.task["type"] if self.task else "classification"
         keep = self.teacher_mode == "online" and any(s["data"] == "transfer" for s in spec.stages)
         pieces = list(self.pieces) if self.pieces is not None else None
         if self.student_dir and not keep:  # only the teacher's config (and tokenizer) is read here
-            student, tokenizer = load_classifier(self.student_dir)
+            student, tokenizer = load_classifier(self.student_dir, task_type=kind)
             teacher, teacher_config = None, AutoConfig.from_pretrained(spec.init)
             if pieces is not None:  # the loop reads the teacher's ids; the student's pruned tokenizer is saved
                 tokenizer = AutoTokenizer.from_pretrained(spec.init)
         else:
-            teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code)
-            student = build_student(student_cfg, teacher, spec.num_labels, spec.seed, tokenizer=tokenizer, keep=pieces)
+            teacher, tokenizer = load_classifier(spec.init, trust_remote_code=spec.trust_remote_code, task_type=kind)
+            student = build_student(student_cfg, teacher, spec.num_labels, spec.seed, tokenizer=tokenizer, keep=pieces,
+                                    task_type=kind)
             teacher_config = teacher.config
         rep = spec.representation
         mapping = tuple(layer_map(student_cfg.layers, teacher_config.num_hidden_layers, rep["layer_map"]))
@@ -51,6 +68,16 @@ class StudentRole(Role):
             return Built(module, tokenizer, None, mapping, teacher_loaded=teacher is not None, **common)
         teacher.eval().requires_grad_(False)
         return Built(module, tokenizer, teacher, mapping, teacher_forwards=count_forwards(teacher), **common)
+
+    def collate(self, raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                device: torch.device | str) -> dict:
+        if "tags" in raw:  # a token task's labeled split: words and their tags
+            return token_collate(raw, tokenizer, max_length, device)
+        return collate(raw, tokenizer, max_length, device, layout=Layout.read(self.layout))
+
+    def metric(self) -> Callable[[torch.Tensor, torch.Tensor], dict] | None:
+        task = self.task
+        return None if task is None else lambda logits, labels: task_metrics(task, logits, labels)
 
 
 def _uses(spec: TrainSpec, loss: str) -> bool:

@@ -2,7 +2,8 @@
 
 - ``embedding_size == hidden``: a BERT student; ``embedding_size < hidden``: an ALBERT student with unshared
   layers (``num_hidden_groups == num_hidden_layers``) and a factorized embedding. Both save with
-  ``save_pretrained`` and load with ``AutoModelForSequenceClassification`` without remote code.
+  ``save_pretrained`` and load with ``AutoModelForSequenceClassification`` (``AutoModelForTokenClassification``
+  for token tasks) without remote code.
 - ``init``: ``random``; ``teacher-layers`` (copy a subset of the teacher's blocks);
   ``pretrained:<path or hub id>`` (a small pre-trained encoder such as MiniLM, as the paper does). Hidden size
   and heads must match the source; a narrower FFN keeps the source's most important neurons. Blocks copy only
@@ -24,7 +25,6 @@ from transformers import (
     AlbertConfig,
     AutoConfig,
     AutoModel,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     PretrainedConfig,
@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from xdray.common.hf import head_class
 from xdray.config import StudentConfig
 from xdray.distill.architectures import check_copyable, encoder_blocks, position_offset
 from xdray.distill.vocab import carry_embeddings, map_vocab
@@ -67,13 +68,14 @@ def student_config(spec: StudentConfig, teacher: PretrainedConfig, num_labels: i
 
 
 def build_student(spec: StudentConfig, teacher: PreTrainedModel, num_labels: int, seed: int = 0,
-                  tokenizer: PreTrainedTokenizerBase | None = None, keep: list[int] | None = None) -> PreTrainedModel:
-    """A student classifier for ``teacher``'s vocabulary (or the ``keep`` rows of it: ``prune``); deterministic
-    for a given seed. ``tokenizer`` (the teacher's) lets ``embeddings: copy`` carry a ``pretrained:`` source's
-    rows across vocabularies."""
+                  tokenizer: PreTrainedTokenizerBase | None = None, keep: list[int] | None = None,
+                  task_type: str = "classification") -> PreTrainedModel:
+    """A student classifier for ``teacher``'s vocabulary (or the ``keep`` rows of it: ``prune``), with the
+    head of ``task_type`` (per sequence or per token); deterministic for a given seed. ``tokenizer`` (the
+    teacher's) lets ``embeddings: copy`` carry a ``pretrained:`` source's rows across vocabularies."""
     check_student(spec, teacher.config)
     torch.manual_seed(seed)
-    student = AutoModelForSequenceClassification.from_config(student_config(spec, teacher.config, num_labels, keep))
+    student = head_class(task_type).from_config(student_config(spec, teacher.config, num_labels, keep))
     source = None
     if spec.init == "teacher-layers":
         source = teacher.base_model

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from xdray.common.files import replace_dir, staging_dir, weights_bytes, write_json, write_summary
-from xdray.common.hf import load_classifier
+from xdray.common.hf import head_class, load_classifier
 from xdray.common.latency import measure_latency
 from xdray.common.tracking import Tracker
 from xdray.config import XdrayConfig
@@ -24,7 +24,7 @@ from xdray.data.tables import load_splits
 from xdray.errors import XdrayError
 from xdray.export.onnx import OrtClassifier, export_onnx, load_onnx, quantize_int8
 from xdray.export.parity import compare_variants, row_length, row_text
-from xdray.transfer.model import load_saved, model_class
+from xdray.transfer.model import load_saved
 from xdray.transfer.tasks import TaskData, load_task
 
 FILES = {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"}
@@ -107,7 +107,7 @@ def load_model(path: Path, task: dict, eager: bool = True):
                          "it first, or point export.model at a saved model directory")
     kwargs = {"attn_implementation": "eager"} if eager else {}
     try:
-        model = model_class(task).from_pretrained(path, **kwargs)
+        model = head_class(task["type"]).from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

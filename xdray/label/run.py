@@ -54,15 +54,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
-def check_labels(cfg: XdrayConfig, student_layers: list[int], hidden: bool) -> None:
+def check_labels(cfg: XdrayConfig, student_layers: list[int], hidden: bool) -> Layout:
     """Refuse labelled data that does not fit this distillation (``hidden``: it uses the hidden loss), before
-    any worker starts."""
+    any worker starts; returns the layout of the teacher outputs it holds."""
     path = cfg.labels_dir / "_manifest.json"
     manifest = json.loads(path.read_text())
     relabel = "fix: relabel with `xdray label`"
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise XdrayError(f"distill.labels: {path} has schema {manifest.get('schema_version')}, this xdray reads "
                          f"{SCHEMA_VERSION}; {relabel}")
+    layout, task = Layout.read(manifest.get("layout")), label_layout(cfg)
+    layout.check(task.kind, task.num_labels, f"distill.labels ({cfg.labels_dir})")
     hashes = teacher_hashes(cfg.teacher_dir)
     for key, what in (("teacher_sha256", "weights"), ("tokenizer_sha256", "tokenizer")):
         if manifest.get(key) != hashes[key]:
@@ -81,6 +83,7 @@ def check_labels(cfg: XdrayConfig, student_layers: list[int], hidden: bool) -> N
                 f"{manifest['hidden_layers']}; {relabel} (label.hidden_states: auto or all) or set "
                 "distill.teacher_mode: online"
             )
+    return layout
 
 
 def hidden_layers_needed(cfg: XdrayConfig, teacher_layers: int, student_layers: list[int]) -> list[int]:

@@ -24,9 +24,8 @@ from xdray.common.tracking import Tracker
 from xdray.config import OBJECTIVES, XdrayConfig
 from xdray.console import console
 from xdray.config.space import candidate, every_candidate, stages, to_params
-from xdray.data.tables import load_splits
 from xdray.distill.prune import corpus_pieces
-from xdray.distill.run import check_student_fits, student_data
+from xdray.distill.run import check_student_fits, source_data, student_data
 from xdray.errors import XdrayError
 from xdray.search import pareto
 from xdray.search.space import define
@@ -164,9 +163,9 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
     out = cfg.step_dir("search")
     sc = cfg.search
     candidates = _check_space(cfg)
-    train, dev, test = load_splits(cfg)
+    source = source_data(cfg)
     every_stage = [s for name in cfg.search_schedules() for s in stages(cfg, name)]
-    datasets, dev_table = student_data(cfg, train, dev, every_stage, sorted({c.student.layers for c in candidates}))
+    datasets, dev_table, _ = student_data(cfg, source, every_stage, sorted({c.student.layers for c in candidates}))
     name = experiment_name(cfg)
 
     with tracker.run(cfg, "search", parent, key=name) as search_run:
@@ -174,9 +173,9 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
                                     "space_size": len(candidates)})
         pieces = None
         if cfg.distill.student.vocab == "prune":  # one choice for every trial: the data decides it, not the shape
-            pieces = tuple(corpus_pieces(cfg, (train, dev, test), AutoTokenizer.from_pretrained(cfg.teacher_dir))[0])
+            pieces = tuple(corpus_pieces(cfg, source.texts, AutoTokenizer.from_pretrained(cfg.teacher_dir))[0])
         ctx = TrialContext(cfg, tracker, search_run, name, cfg.search_trainer(), datasets, dev_table,
-                           max(train.labels) + 1, dev.texts[:sc.latency.sentences], pieces)
+                           source.num_labels, source.examples[:sc.latency.sentences], pieces)
         tuner, resumed = _tuner(cfg, make_trial(ctx), name)
         t0 = time.perf_counter()
         with console.progress("search", "trials", _poll(ctx.out, sc.num_samples)):
@@ -237,7 +236,7 @@ def run_search(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) ->
             "wall_seconds": round(wall, 1), "sum_trial_seconds": round(sum(t["seconds"] for t in trials), 1),
             "pareto_plot": str(plot_path), "pareto_table": str(table_path), "mlflow_run_id": search_run,
         }
-        summary["mlflow_model_uri"] = tracker.log_model(search_run, out / "best_student", dev.texts[:2])
+        summary["mlflow_model_uri"] = tracker.log_model(search_run, out / "best_student", source.examples[:2])
         tracker.metrics(search_run, {"best_dev_accuracy": chosen["dev_accuracy"], "trials": len(trials),
                                      "front_size": len(front), "teacher_forwards": summary["teacher_forwards"],
                                      "wall_seconds": summary["wall_seconds"]})

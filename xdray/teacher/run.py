@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from xdray.common.files import write_summary
 from xdray.common.hf import load_classifier
@@ -16,7 +17,7 @@ from xdray.config import StageConfig, XdrayConfig
 from xdray.data.tables import load_splits, text_table
 from xdray.distill.objective import DistillModule
 from xdray.train.engine import TrainSpec
-from xdray.train.fit import finish_classifier, fit, make_spec, rows_source, run_name
+from xdray.train.fit import accuracy_scores, finish_classifier, fit, make_spec, rows_source, run_name
 from xdray.train.role import Built, Role
 
 LATENCY_SENTENCES = 64
@@ -45,8 +46,8 @@ def run_teacher(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
         t0 = time.perf_counter()
         name = run_name("teacher", spec, tc, [cfg.data.train, cfg.data.dev])
         result = fit(spec, tc, {"train": rows_source(train.rows())}, out / "ray", name)
-        summary = finish_classifier(cfg, tracker, run_id, "teacher", result, test, time.perf_counter() - t0,
-                                    out / "model", log_model=True)
+        summary = finish_classifier(cfg, tracker, run_id, "teacher", result, time.perf_counter() - t0, out / "model",
+                                    log_model=True, score=partial(accuracy_scores, cfg, test), examples=test.texts[:2])
     return summary
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -129,21 +130,33 @@ def test_accuracies(model_dir: Path, splits: dict[str, LabeledSplit], max_length
             for name, s in splits.items()}
 
 
+def accuracy_scores(cfg: XdrayConfig, test: LabeledSplit, model_dir: Path) -> tuple[dict, dict]:
+    """A sequence classifier's test figures, for the summary and for MLflow: accuracy on test and on each extra
+    test split (``data.tests``: languages)."""
+    scores = test_accuracies(model_dir, {"": test} | {n: read_labeled(p) for n, p in cfg.data.tests.items()},
+                             cfg.data.max_length)
+    accuracy = scores.pop("")
+    return ({"test_accuracy": accuracy, **({"test_by_language": scores} if scores else {})},
+            {"test_accuracy": accuracy} | {f"test_accuracy.{name}": value for name, value in scores.items()})
+
+
 def finish_classifier(
-    cfg: XdrayConfig, tracker: Tracker, run_id: str, step: str, result: ray.train.Result, test: LabeledSplit,
-    seconds: float, model_dir: Path, log_model: bool, extra: dict | None = None,
+    cfg: XdrayConfig, tracker: Tracker, run_id: str, step: str, result: ray.train.Result, seconds: float,
+    model_dir: Path, log_model: bool, score: Callable[[Path], tuple[dict, dict]], examples: list[str],
+    extra: dict | None = None,
 ) -> dict:
     """The end of a source-task job (teacher, distill): export the model to ``model_dir``, score it on test
-    once, log it (as an MLflow model with ``log_model``; the distilled student is also registered under
+    once (``score``: the summary's test figures and MLflow's, e.g. ``accuracy_scores``), log it (as an MLflow
+    model with ``log_model``, ``examples`` as its input example; the distilled student is also registered under
     ``mlflow.register`` when no export follows), and write the step's summary."""
     trained = export_student(result, model_dir)
     checkpoints = [str(c.path) for c, _ in result.best_checkpoints]
-    scores = test_accuracies(model_dir, {"": test} | {n: read_labeled(p) for n, p in cfg.data.tests.items()},
-                             cfg.data.max_length)
+    test, test_metrics = score(model_dir)
+    token = "metric" in test  # scored by a task metric (entity F1): dev accuracy means nothing there
     summary = {
-        "test_accuracy": scores.pop(""),
-        **({"test_by_language": scores} if scores else {}),
-        "dev_accuracy": trained["dev_accuracy"],
+        **test,
+        **({} if token else {"dev_accuracy": trained["dev_accuracy"]}),
+        "dev_score": trained["dev_score"],
         "params": trained["params"],
         "train_samples_per_s": round(trained["samples_per_s"], 1),
         "workers": trained["world_size"],
@@ -158,12 +171,13 @@ def finish_classifier(
         "mlflow_run_id": run_id,
         **(extra or {}),
     }
-    tracker.metrics(run_id, {"test_accuracy": summary["test_accuracy"], "final_dev_accuracy": summary["dev_accuracy"],
-                             "params_total": summary["params"]["total"], "seconds": summary["seconds"]}
-                    | {f"test_accuracy.{name}": value for name, value in scores.items()})
+    tracker.metrics(run_id, test_metrics | {"final_dev_score": summary["dev_score"],
+                                            "params_total": summary["params"]["total"], "seconds": summary["seconds"]}
+                    | ({} if token else {"final_dev_accuracy": summary["dev_accuracy"]}))
     tracker.artifact(run_id, model_dir / "xdray_train.json")
     if log_model:
-        summary["mlflow_model_uri"] = tracker.log_model(run_id, model_dir, test.texts[:2])
+        summary["mlflow_model_uri"] = tracker.log_model(
+            run_id, model_dir, examples, task="token-classification" if token else "text-classification")
         if step == "distill" and cfg.mlflow.register and cfg.export is None:  # with an export, its int8 model is
             summary["registered"] = tracker.register(run_id, "model", cfg.mlflow.register)  # the one registered
     shutil.rmtree(model_dir.parent / "scratch", ignore_errors=True)

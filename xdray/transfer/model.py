@@ -8,26 +8,17 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from xdray.common.hf import head_class
 from xdray.distill.batches import collate, model_inputs, to_device
 from xdray.distill.token_layout import word_tags
 from xdray.errors import XdrayError
 
 
-def model_class(task: dict):
-    return AutoModelForTokenClassification if task["type"] == "token_classification" else AutoModelForSequenceClassification
-
-
 def load_saved(path: str, task: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A saved model of ``task`` as it is (its own head), with its tokenizer."""
-    return model_class(task).from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return head_class(task["type"]).from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
 def load_task_model(path: str, task: dict, seed: int = 0, trust_remote_code: bool = False
@@ -39,7 +30,7 @@ def load_task_model(path: str, task: dict, seed: int = 0, trust_remote_code: boo
         kwargs |= {"id2label": dict(enumerate(task["names"])), "label2id": {n: i for i, n in enumerate(task["names"])}}
     kwargs["problem_type"] = "regression" if task["type"] == "regression" else None
     torch.manual_seed(seed)
-    model = model_class(task).from_pretrained(path, trust_remote_code=trust_remote_code,
+    model = head_class(task["type"]).from_pretrained(path, trust_remote_code=trust_remote_code,
                                               ignore_mismatched_sizes=True, **kwargs)
     std = getattr(model.config, "initializer_range", 0.02)
     for head in (m for m in model.children() if m is not model.base_model):
