@@ -1,13 +1,24 @@
-"""Extractive QA pieces against hand-computed values: windows over a long context and the answer's token span in
-each, answers extracted across windows (length limit, order, the null answer), and exact match / F1."""
+"""Extractive QA against hand-computed values: windows over a long context and the answer's token span in each,
+answers extracted across windows (length limit, order, the null answer), exact match / F1; QA rows read from
+files (bad offsets refused in one line), batched into windows and trained with the span loss; and a
+``question_answering`` transfer task end to end on a local Ray with DeepSpeed."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from transformers import AutoTokenizer
+import json
+import random
 
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+from xdray.config import ConfigError, TransferTask, validate_config
+from xdray.errors import XdrayError
 from xdray.transfer.qa import extract_answers, qa_windows, squad_metrics
+from xdray.transfer.tasks import load_task
 
 from .conftest import build_tiny_backbone
 
@@ -89,3 +100,126 @@ def test_exact_match_and_f1_against_hand_computed_values():
     scores = squad_metrics(predictions, gold)
     assert scores["exact_match"] == pytest.approx(0.6)
     assert scores["f1"] == pytest.approx((3 + 2 / 3) / 5, abs=1e-4) and scores["score"] == scores["f1"]
+
+
+NAMES = ["anna lopez", "bob smith", "carla diaz", "dan brown", "eva stone", "finn gray"]
+CITIES = ["paris", "lima", "oslo", "rome", "kyiv", "quito"]
+
+
+def qa_row(rng: random.Random, unanswerable: bool = False) -> dict:
+    """A passage with filler around one fact; the question asks for its person or its city."""
+    name, city = rng.choice(NAMES), rng.choice(CITIES)
+    before, after = " . ".join([FILLER] * rng.randint(0, 2)), " . ".join([FILLER] * rng.randint(0, 2))
+    fact = f"the ending was written by {name} in {city}"
+    context = " . ".join(x for x in (before, fact, after) if x) + " ."
+    question, answer = rng.choice([("who wrote the ending", name), ("where was the ending written", city)])
+    if unanswerable:
+        return {"question": "who directed the film", "context": context, "answers": {"text": [], "answer_start": []}}
+    start = context.index(fact) + fact.index(answer if answer == name else f"in {city}") + (0 if answer == name else 3)
+    return {"question": question, "context": context, "answers": {"text": [answer], "answer_start": [start]}}
+
+
+def write_qa(root, sizes=(("train", 240), ("dev", 40), ("test", 40)), unanswerable: float = 0.0) -> dict:
+    rng = random.Random(7)
+    paths = {}
+    for split, n in sizes:
+        paths[split] = root / f"qa_{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(qa_row(rng, rng.random() < unanswerable)) + "\n" for _ in range(n)))
+    return paths
+
+
+def qa_words() -> list[str]:
+    return [FILLER, "the ending was written by in .", "who wrote the ending", "where was the ending written",
+            "who directed the film", *NAMES, *CITIES]
+
+
+def test_qa_rows_read_from_files_and_bad_offsets_are_one_line(tmp_path):
+    paths = write_qa(tmp_path, unanswerable=0.2)
+    data = load_task(TransferTask(name="qa", type="question_answering", **paths, stride=8, max_length=32))
+    row = data.train[0]
+    assert set(row) == {"question", "context", "answers", "answer_starts"} and data.num_labels == 2
+    for r in data.train:
+        for text, start in zip(r["answers"], r["answer_starts"]):
+            assert r["context"][start:start + len(text)] == text
+    assert data.allow_null and data.worker_spec() == {"type": "question_answering", "names": None, "num_labels": 2,
+                                                      "stride": 8, "allow_null": True}
+    bad = json.loads(paths["train"].read_text().splitlines()[0])
+    bad["answers"] = {"text": ["nobody"], "answer_start": [3]}
+    paths["train"].write_text(json.dumps(bad) + "\n")
+    with pytest.raises(XdrayError, match=r"qa_train.jsonl:1: answer 'nobody' is not at character 3 of the context; fix"):
+        load_task(TransferTask(name="qa", type="question_answering", **paths))
+    with pytest.raises(ConfigError, match=r"stride 40 must be under half of max_length 64"):
+        validate_config({"output_dir": str(tmp_path), "transfer": {"student": str(tmp_path), "tasks": [
+            {"name": "qa", "type": "question_answering", **{k: str(v) for k, v in paths.items()}, "stride": 40,
+             "max_length": 64}]}})
+
+
+def test_squad_presets_offline_fail_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(XdrayError, match=r"preset squad_v2 could not be loaded .*fix: it needs network access"):
+        load_task(TransferTask(name="squad", preset="squad_v2"))
+
+
+def test_qa_batches_are_windows_with_answer_spans_and_the_span_loss_trains(tokenizer, tmp_path):
+    from xdray.distill.batches import table_batches
+    from xdray.distill.objective import DistillModule, Objective
+    from xdray.transfer.metrics import split_metric
+    from xdray.transfer.model import task_collate
+
+    paths = write_qa(tmp_path, (("train", 8), ("dev", 8), ("test", 8)))
+    data = load_task(TransferTask(name="qa", type="question_answering", **paths, stride=8, max_length=32))
+    spec = data.worker_spec()
+    rows = data.train
+    (raw,) = table_batches(pa.Table.from_pylist(rows), len(rows))
+    batch = task_collate(spec)(raw, tokenizer, 32, "cpu")
+    assert batch["input_ids"].shape[0] > len(rows) and batch["labels"].shape == (batch["input_ids"].shape[0], 2)
+    windows = qa_windows(tokenizer, [r["question"] for r in rows], [r["context"] for r in rows], 32, 8,
+                         [(r["answer_starts"][0], r["answers"][0]) for r in rows])
+    for w, (s, e) in enumerate(batch["labels"].tolist()):
+        if s:  # the labelled span reads back as the answer
+            assert rows[windows.example[w]]["context"][windows.offsets[w][s][0]:windows.offsets[w][e][1]] \
+                == rows[windows.example[w]]["answers"][0]
+    torch.manual_seed(0)
+    model = AutoModelForQuestionAnswering.from_pretrained(tokenizer.name_or_path)
+    module = DistillModule(model, None, 0)
+    out = module(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch})
+    assert out["logits"].shape == (*batch["input_ids"].shape, 2)
+    loss = Objective(("span_ce",))(out, batch)["total"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.qa_outputs.weight.grad.abs().sum() > 0
+    # the dev metric over batches in order: logits that point at each window's gold span score EM 1
+    metric = split_metric(spec, rows, tokenizer, 32)
+    perfect = torch.full((*batch["input_ids"].shape, 2), -5.0)
+    for w, (s, e) in enumerate(batch["labels"].tolist()):
+        perfect[w, s, 0], perfect[w, e, 1] = (5.0, 5.0) if s else (-5.0, -5.0)
+    assert metric([perfect[:3], perfect[3:]], [batch["labels"]])["exact_match"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def answered(ray_local, tmp_path_factory):
+    from xdray.cli import main
+
+    root = tmp_path_factory.mktemp("qa-transfer")
+    paths = write_qa(root)
+    encoder = build_tiny_backbone(root / "encoder", qa_words())
+    job = root / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "output_dir": str(root / "out"), "mlflow": {"experiment": "xdray-qa"},
+        "transfer": {"student": str(encoder), "epochs": 6, "patience": 3, "lr": 3.0e-3, "batch_size": 16,
+                     "workers": 2, "deepspeed": {"zero_stage": 2}, "latency_sentences": 4,
+                     "tasks": [{"name": "qa", "type": "question_answering", **{k: str(v) for k, v in paths.items()},
+                                "max_length": 32, "stride": 8}]},
+    }))
+    assert main(["transfer", str(job)]) == 0
+    return root, json.loads((root / "out" / "transfer" / "summary.json").read_text())["tasks"]["qa"]
+
+
+@pytest.mark.slow
+def test_a_question_answering_task_learns_to_answer_across_windows(answered):
+    root, result = answered
+    assert result["type"] == "question_answering" and result["metric"] == "f1" and result["workers"] == 2
+    assert result["test"]["exact_match"] > 0.5 and result["test"]["f1"] >= result["test"]["exact_match"], result
+    assert result["dev_score"] == pytest.approx(max(e["dev_score"] for e in result["history"]), abs=1e-6)
+    model = AutoModelForQuestionAnswering.from_pretrained(result["model_dir"])  # a standard HF QA model
+    assert model.config.num_labels == 2 and result["mlflow_artifact_uri"].endswith("/model")

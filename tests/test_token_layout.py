@@ -267,7 +267,7 @@ def test_the_student_role_of_a_token_task_batches_words_or_labels_and_scores_ent
     online = teacher_targets(teacher, words, Objective(("logits_kl",)))
     assert online["teacher_token_logits"].shape == (2, words["input_ids"].shape[1], 4)
     assert (online["teacher_token_mask"].any(-1) == words["attention_mask"].bool()).all()  # every real token
-    metric = role.metric()
+    metric = role.metric(pa.table({}), tokenizer, 16)
     gold = torch.tensor([[-100, 1, 2, 3, -100]])
     right = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 3, 0]]), 4).float()
     assert metric([right], [gold])["score"] == 1.0

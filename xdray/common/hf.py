@@ -3,7 +3,9 @@ Remote code runs only when a config asks for it; weights load from safetensors w
 
 from __future__ import annotations
 
+import torch
 from transformers import (
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -13,9 +15,16 @@ from transformers import (
 
 
 def head_class(task_type: str = "classification"):
-    """The Auto class of a task type's head: one label per token, or one per sequence (classes, pairs,
-    regression)."""
-    return AutoModelForTokenClassification if task_type == "token_classification" else AutoModelForSequenceClassification
+    """The Auto class of a task type's head: one label per token, a start and an end score per token (extractive
+    QA), or one label per sequence (classes, pairs, regression)."""
+    return {"token_classification": AutoModelForTokenClassification,
+            "question_answering": AutoModelForQuestionAnswering}.get(task_type, AutoModelForSequenceClassification)
+
+
+def head_logits(output) -> torch.Tensor:
+    """A head's scores as one tensor: ``logits``, or a QA head's start and end logits stacked (B, T, 2)."""
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else torch.stack([output.start_logits, output.end_logits], -1)
 
 
 def load_classifier(

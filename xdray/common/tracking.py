@@ -106,7 +106,11 @@ class Tracker:
         among the run's artifacts, with a signature and ``examples`` as its input example; returns its ``runs:/``
         URI (``mlflow.transformers.load_model`` / ``mlflow.pyfunc.load_model``). Saved with the flavor and logged
         with this client, so no process-wide MLflow state changes. Requirements are pinned here: MLflow's own
-        inference would import torchvision."""
+        inference would import torchvision. ``question-answering``: transformers 5 has no QA pipeline (so MLflow no
+        flavor for it), and the HF directory itself is logged, to load with ``AutoModelForQuestionAnswering``."""
+        if task == "question-answering":
+            self.client.log_artifacts(run_id, str(model_dir), name)
+            return f"runs:/{run_id}/{name}"
         import mlflow.transformers
         import torch
         import transformers

@@ -86,7 +86,8 @@ def check_test_names(value: dict[str, Path], where: str) -> dict[str, Path]:
 class DataConfig(Section):
     task: Literal["classification", "token_classification"] = "classification"
     """What the teacher is trained for. ``token_classification``: tags per word (NER); the splits are then CoNLL
-    (``word<TAB>tag`` lines) or any file a ``token_classification`` transfer task reads (tokens, tags)."""
+    (``word<TAB>tag`` lines) or any file a ``token_classification`` transfer task reads (tokens, tags). Such a task
+    is distilled into a token-classification student (per-token logits); ``xdray search`` takes sequence tasks only."""
     train: Path
     """Labeled train split: a TSV file with a header and columns `text` and `label` (integer class ids; `text_pair` too
     with `pairs`)."""

@@ -90,7 +90,7 @@ class StudentConfig(Section):
         return self
 
 
-LossName = Literal["hidden", "attention", "relations", "logits_mse", "logits_kl", "ce", "label_mse"]
+LossName = Literal["hidden", "attention", "relations", "logits_mse", "logits_kl", "ce", "label_mse", "span_ce"]
 REPRESENTATION_LOSSES = ("hidden", "attention", "relations")
 TEACHER_LOSSES = ("hidden", "attention", "relations", "logits_mse", "logits_kl")
 
@@ -111,7 +111,8 @@ class StageConfig(Section):
     """``gradual``: one sub-stage per block, unfreezing top-down (top block first, embeddings last)."""
     monitor: Literal["auto", "dev_loss", "dev_accuracy", "dev_score"] = "auto"
     """Dev criterion; auto = dev_loss for representation-only stages, dev_accuracy otherwise; ``dev_score`` is
-    a transfer task's headline metric (accuracy, entity F1 or Pearson)."""
+    a transfer task's headline metric (accuracy, entity F1 or Pearson); a token task's distillation selects on
+    its entity F1 where it would on accuracy."""
     temperature: float = Field(1.0, gt=0)
     """Softmax temperature of `logits_kl` (the loss is scaled by T²)."""
 
@@ -129,7 +130,7 @@ class StageConfig(Section):
             raise ValueError(
                 f"stage '{self.name}': loss {teacher[0]} needs teacher outputs; fix: use data: transfer or loss: ce"
             )
-        if self.data == "transfer" and ({"ce", "label_mse"} & set(self.loss)):
+        if self.data == "transfer" and ({"ce", "label_mse", "span_ce"} & set(self.loss)):
             raise ValueError(f"stage '{self.name}': the transfer set has no labels; fix: use hidden or logits_* losses")
         if self.monitor == "auto":
             head = any(x not in REPRESENTATION_LOSSES for x in self.loss)

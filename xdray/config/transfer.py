@@ -12,8 +12,9 @@ from xdray.config.data import check_test_names
 from xdray.config.trainer import TrainerConfig
 
 
-TASK_TYPES = ("classification", "pair_classification", "token_classification", "regression")
+TASK_TYPES = ("classification", "pair_classification", "token_classification", "regression", "question_answering")
 GLUE_PRESETS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+QA_PRESETS = ("squad", "squad_v2")
 TASK_FORMATS = ("auto", "tsv", "csv", "jsonl", "parquet", "hf_disk", "conll")
 
 
@@ -22,10 +23,12 @@ class TransferTask(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Names the task's output directory and MLflow run."""
-    type: Literal["classification", "pair_classification", "token_classification", "regression"] | None = None
+    type: Literal["classification", "pair_classification", "token_classification", "regression",
+                  "question_answering"] | None = None
     """Required unless a preset gives it."""
     preset: str | None = None
-    """``glue/<task>`` (needs network): the GLUE train split minus a seeded dev holdout, GLUE validation as test."""
+    """``glue/<task>``, ``squad`` or ``squad_v2`` (need network): the train split minus a seeded dev holdout, the
+    validation split as test."""
     train: Path | None = None
     """Train split: a file (TSV/CSV, JSON lines, Parquet, CoNLL) or a `save_to_disk` directory."""
     dev: Path | None = None
@@ -47,6 +50,16 @@ class TransferTask(Section):
     """Token tasks: a list of words (or one space-separated string)."""
     tags_column: str = "tags"
     """Token tasks: one tag per word (BIO names like ``B-PER``, or ids into ``labels``)."""
+    question_column: str = "question"
+    """Question answering: the question's column."""
+    context_column: str = "context"
+    """Question answering: the passage's column."""
+    answers_column: str = "answers"
+    """Question answering: SQuAD's ``{"text": [...], "answer_start": [...]}`` (character offsets into the context);
+    no answer texts = unanswerable (SQuAD v2: the model may then answer nothing)."""
+    stride: int = Field(32, ge=0)
+    """Question answering: context tokens shared by consecutive windows when a context does not fit in
+    ``max_length``."""
     labels: list[str] | None = None
     """Class (or tag) names in id order; None = the names found in train (sorted), or 0..N-1 for integer labels."""
     splits: dict[str, str] = {"train": "train", "dev": "validation", "test": "test"}
@@ -62,9 +75,10 @@ class TransferTask(Section):
         check_test_names(self.tests, f"{where}: tests")
         if self.preset is not None:
             family, _, name = self.preset.partition("/")
-            if family != "glue" or name not in GLUE_PRESETS:
+            if (family != "glue" or name not in GLUE_PRESETS) and self.preset not in QA_PRESETS:
                 raise ValueError(f"{where}: preset {self.preset!r} is not known; fix: use glue/<one of "
-                                 f"{', '.join(GLUE_PRESETS)}> or give train/dev/test paths")
+                                 f"{', '.join(GLUE_PRESETS)}>, {' or '.join(QA_PRESETS)}, or give train/dev/test "
+                                 "paths")
             if any(p is not None for p in (self.train, self.dev, self.test)) or self.tests:
                 raise ValueError(f"{where}: give a preset or train/dev/test paths, not both; fix: remove one")
             return self
@@ -75,6 +89,9 @@ class TransferTask(Section):
             raise ValueError(f"{where}: type missing; fix: set type to one of {', '.join(TASK_TYPES)}")
         if self.format == "conll" and self.type != "token_classification":
             raise ValueError(f"{where}: format conll holds token tags; fix: set type: token_classification")
+        if self.type == "question_answering" and self.stride >= self.max_length // 2:
+            raise ValueError(f"{where}: stride {self.stride} must be under half of max_length {self.max_length} (the "
+                             "question shares each window); fix: lower stride or raise max_length")
         if self.type == "regression" and self.labels is not None:
             raise ValueError(f"{where}: a regression task has no class names; fix: remove labels")
         return self

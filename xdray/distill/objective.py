@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from xdray.common.hf import head_logits
 from xdray.distill import losses as L
 from xdray.distill.architectures import encoder_blocks
 from xdray.distill.batches import model_inputs
@@ -81,7 +82,7 @@ class DistillModule(nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask, **types,
                 output_hidden_states=bool(positions or tokens), output_attentions=attentions,
             )
-        result = {"logits": out.logits}
+        result = {"logits": head_logits(out)}
         if qkv:
             result["qkv"] = list(top)
         if positions:
@@ -156,6 +157,10 @@ class Objective:
                 parts[name] = L.logits_kl(out["logits"], batch["teacher_logits"], self.temperature)
             elif name == "ce":
                 parts[name] = L.hard_label_ce(out["logits"], batch["labels"])
+            elif name == "span_ce":  # extractive QA: labels are each window's answer start and end
+                logits, labels = out["logits"], batch["labels"]
+                parts[name] = L.span_ce(logits[..., 0], logits[..., 1], labels[:, 0], labels[:, 1],
+                                        batch["attention_mask"])
             elif name == "label_mse":
                 parts[name] = L.label_mse(out["logits"], batch["labels"])
             else:

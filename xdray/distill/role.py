@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -22,7 +23,7 @@ from xdray.distill.student import build_student
 from xdray.distill.token_layout import Layout
 from xdray.train.engine import TrainSpec
 from xdray.train.role import Built, Role, count_forwards
-from xdray.transfer.metrics import task_metrics
+from xdray.transfer.metrics import split_metric
 from xdray.transfer.model import token_collate
 
 
@@ -75,9 +76,9 @@ class StudentRole(Role):
             return token_collate(raw, tokenizer, max_length, device)
         return collate(raw, tokenizer, max_length, device, layout=Layout.read(self.layout))
 
-    def metric(self) -> Callable[[torch.Tensor, torch.Tensor], dict] | None:
-        task = self.task
-        return None if task is None else lambda logits, labels: task_metrics(task, logits, labels)
+    def metric(self, dev: pa.Table, tokenizer: PreTrainedTokenizerBase, max_length: int
+               ) -> Callable[[list[torch.Tensor], list[torch.Tensor]], dict] | None:
+        return None if self.task is None else split_metric(self.task, [], tokenizer, max_length)
 
 
 def _uses(spec: TrainSpec, loss: str) -> bool:

@@ -136,6 +136,8 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
     out = cfg.step_dir("distill")
     dc = cfg.distill
     stages = [s.model_dump() for s in dc.stages]
+    if source.task is not None:  # a token task has no accuracy: its head stages select on entity F1
+        stages = [s | {"monitor": "dev_score"} if s["monitor"] == "dev_accuracy" else s for s in stages]
     check_student_fits(cfg, dc.student, dc.uses_hidden)
     tokenizer = AutoTokenizer.from_pretrained(cfg.teacher_dir)
     extra, pieces = {}, None

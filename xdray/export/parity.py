@@ -8,8 +8,9 @@ from collections.abc import Callable
 import pyarrow as pa
 import torch
 
+from xdray.common.hf import head_logits
 from xdray.distill.batches import model_inputs, table_batches
-from xdray.transfer.metrics import task_metrics
+from xdray.transfer.metrics import split_metric
 from xdray.transfer.model import task_collate
 from xdray.transfer.tasks import TaskData
 
@@ -19,12 +20,19 @@ Forward = Callable[..., torch.Tensor]
 
 
 def row_length(row: dict) -> int:
-    return len(row["tokens"]) if "tokens" in row else len(row["text"]) + len(row.get("text_pair", ""))
+    if "tokens" in row:
+        return len(row["tokens"])
+    if "question" in row:
+        return len(row["question"]) + len(row["context"])
+    return len(row["text"]) + len(row.get("text_pair", ""))
 
 
 def row_text(row: dict) -> str:
-    """A task row as one string (token tasks: the words joined), what latency timing and serving examples feed."""
-    return " ".join(row["tokens"]) if "tokens" in row else row["text"]
+    """A task row as one string (token tasks: the words joined; QA: question then context), what latency timing
+    and serving examples feed."""
+    if "tokens" in row:
+        return " ".join(row["tokens"])
+    return f"{row['question']} {row['context']}" if "question" in row else row["text"]
 
 
 @torch.inference_mode()
@@ -53,12 +61,13 @@ def compare_variants(variants: dict[str, Forward], data: TaskData, tokenizer, ma
             for v, x in out.items():
                 logits[v].append(x)
             labels.append(batch["labels"])
+        metric = split_metric(task, rows, tokenizer, max_length)
         for v in variants:
-            metrics[v][split] = {k: round(x, 5) for k, x in task_metrics(task, logits[v], labels).items()}
+            metrics[v][split] = {k: round(x, 5) for k, x in metric(logits[v], labels).items()}
         for v in diffs:
             diffs[v][split] = worst[v]
     return {"metrics": metrics, "max_abs_diff": diffs}
 
 
 def _logits(output) -> torch.Tensor:
-    return (output if isinstance(output, torch.Tensor) else output.logits).float()
+    return (output if isinstance(output, torch.Tensor) else head_logits(output)).float()

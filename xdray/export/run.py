@@ -94,7 +94,12 @@ def task_data(cfg: XdrayConfig, name: str) -> tuple[TaskData, int]:
         names = [str(i) for i in range(max(train.labels) + 1)]
         return TaskData(kind, [], dev.rows(), test.rows(), names), cfg.data.max_length
     task = next(t for t in cfg.transfer.tasks if t.name == name)
-    return load_task(task, cfg.seed), task.max_length
+    data = load_task(task, cfg.seed)
+    if data.type == "question_answering":
+        raise XdrayError(f"export.data: task '{name}' is question answering, which xdray export does not convert to "
+                         f"ONNX yet; fix: serve {cfg.step_dir('transfer') / name / 'model'} with "
+                         "AutoModelForQuestionAnswering, or export another task")
+    return data, task.max_length
 
 
 def load_model(path: Path, task: dict, eager: bool = True):

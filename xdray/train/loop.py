@@ -169,7 +169,8 @@ def _data(spec: TrainSpec, built: Built, device, objective_for, rank: int, world
     """Batches for ``run_schedule``: this rank's rows of the phase's training set in the epoch's order
     (``train.order``) and its share of dev, each with the teacher targets the phase needs (from the Parquet,
     or from the frozen teacher in online mode)."""
-    dev_raw = table_batches(ray.get(spec.dev), DEV_BATCH)
+    dev_table = ray.get(spec.dev)
+    dev_raw = table_batches(dev_table, DEV_BATCH)
     dev_raw = dev_raw[rank::world] if sharded_dev else dev_raw
     dev_cache: dict[Objective, list[dict]] = {}
 
@@ -195,7 +196,7 @@ def _data(spec: TrainSpec, built: Built, device, objective_for, rank: int, world
                               for r in dev_raw]
         return dev_cache[key]
 
-    return Data(train=train, dev=dev, metric=spec.role.metric())
+    return Data(train=train, dev=dev, metric=spec.role.metric(dev_table, built.tokenizer, spec.max_length))
 
 
 def _report_final(engine, tokenizer, summary: dict, rank: int, zero_stage: int) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -52,8 +53,10 @@ class Role:
                 device: torch.device | str) -> dict:
         return collate(raw, tokenizer, max_length, device)
 
-    def metric(self) -> Callable[[torch.Tensor, torch.Tensor], dict] | None:
-        """Dev metrics from (logits, labels), with a ``score`` to select on; None: accuracy."""
+    def metric(self, dev: pa.Table, tokenizer: PreTrainedTokenizerBase, max_length: int
+               ) -> Callable[[list[torch.Tensor], list[torch.Tensor]], dict] | None:
+        """Dev metrics from the (logits, labels) of every dev batch in order (``dev``: their rows), with a
+        ``score`` to select on; None: accuracy."""
         return None
 
 

@@ -4,17 +4,40 @@
 - classification and sentence pairs: accuracy (score) and macro F1;
 - token classification: entity-level precision, recall and F1 (score) with seqeval, over the first sub-word
   of each word (positions labelled -100 are padding, special tokens or later sub-words and are left out);
-- regression: Pearson (score) and Spearman correlation, and MSE.
+- regression: Pearson (score) and Spearman correlation, and MSE;
+- question answering: SQuAD exact match and F1 (score) of the answers extracted across each example's windows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from xdray.distill.losses import IGNORE_INDEX
+
+
+def split_metric(task: dict, rows: list[dict], tokenizer: PreTrainedTokenizerBase, max_length: int
+                 ) -> Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], dict[str, float]]:
+    """The metric of one split scored in batches of its ``rows`` in order: ``task_metrics``, or for question
+    answering the answers extracted from the windows' logits (the windows of all rows, as the batches made them)
+    against the gold texts."""
+    if task["type"] != "question_answering":
+        return lambda logits, labels: task_metrics(task, logits, labels)
+    from xdray.transfer.qa import extract_answers, qa_windows, squad_metrics
+
+    contexts = [r["context"] for r in rows]
+    windows = qa_windows(tokenizer, [r["question"] for r in rows], contexts, max_length, task["stride"])
+
+    def metric(logits: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> dict[str, float]:
+        per_window = [w for batch in logits for w in batch.float().numpy()]
+        answers = extract_answers(windows, [w[:, 0] for w in per_window], [w[:, 1] for w in per_window], contexts,
+                                  allow_null=task["allow_null"])
+        return squad_metrics(answers, [r["answers"] for r in rows])
+
+    return metric
 
 
 def task_metrics(task: dict, logits: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> dict[str, float]:
@@ -63,4 +86,4 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, fl
 
 def headline(task_type: str) -> str:
     """The name of ``score`` for a task type."""
-    return {"regression": "pearson", "token_classification": "f1"}.get(task_type, "accuracy")
+    return {"regression": "pearson", "token_classification": "f1", "question_answering": "f1"}.get(task_type, "accuracy")

@@ -1,10 +1,11 @@
 """What a transfer worker builds for a task: the model with a fresh head on the student's encoder, and the
 collate function that turns rows into batches (first-sub-word tag labels for token tasks, float targets for
-regression). Plain torch and transformers; ``transfer.role.TransferRole`` calls it on the workers."""
+regression, question + context windows with the answer's token span for question answering). Plain torch and transformers; ``transfer.role.TransferRole`` calls it on the workers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from xdray.common.hf import head_class
 from xdray.distill.batches import collate, model_inputs, to_device
 from xdray.distill.token_layout import word_tags
 from xdray.errors import XdrayError
+from xdray.transfer.qa import qa_windows
 
 
 def load_saved(path: str, task: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -41,9 +43,9 @@ def load_task_model(path: str, task: dict, seed: int = 0, trust_remote_code: boo
             elif hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if task["type"] == "token_classification" and not tokenizer.is_fast:
-        raise XdrayError(f"{path}: token classification needs a fast tokenizer (word ids); fix: save the model "
-                         "with a tokenizer.json")
+    if task["type"] in ("token_classification", "question_answering") and not tokenizer.is_fast:
+        raise XdrayError(f"{path}: {task['type'].replace('_', ' ')} needs a fast tokenizer (word ids, offsets); fix: "
+                         "save the model with a tokenizer.json")
     return model, tokenizer
 
 
@@ -65,9 +67,26 @@ def regression_collate(raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenize
     return batch
 
 
+def qa_collate(raw: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, max_length: int,
+               device: torch.device | str, stride: int) -> dict:
+    """Examples → their windows (a long context gives several, so a batch may hold more windows than rows), with
+    labels (W, 2): the first answer's first and last token in each window, (0, 0) at [CLS] where it is not inside."""
+    answers = [(int(starts[0]), str(texts[0])) if len(texts) else None
+               for texts, starts in zip(raw["answers"], raw["answer_starts"])]
+    windows = qa_windows(tokenizer, [str(q) for q in raw["question"]], [str(c) for c in raw["context"]], max_length,
+                         stride, answers)
+    features = {"input_ids": windows.input_ids} | (
+        {"token_type_ids": windows.token_type_ids} if windows.token_type_ids is not None else {})
+    enc = tokenizer.pad(features, return_tensors="pt")
+    labels = torch.tensor([windows.start_positions, windows.end_positions], dtype=torch.long).T
+    return to_device(model_inputs(enc) | {"labels": labels}, device)
+
+
 def task_collate(task: dict) -> Callable[..., dict]:
+    if task["type"] == "question_answering":
+        return partial(qa_collate, stride=task["stride"])
     return {"token_classification": token_collate, "regression": regression_collate}.get(task["type"], collate)
 
 
 def task_loss(task: dict) -> str:
-    return "label_mse" if task["type"] == "regression" else "ce"
+    return {"regression": "label_mse", "question_answering": "span_ce"}.get(task["type"], "ce")

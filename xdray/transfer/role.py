@@ -1,5 +1,5 @@
 """A transfer task's role in the worker loop: the student's encoder under a fresh head for the task, the task's
-batches (word tags, float targets) and its dev metric, scored on all of dev by every rank."""
+batches (word tags, float targets, QA windows) and its dev metric, scored on all of dev by every rank."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from xdray.distill.objective import DistillModule
 from xdray.train.engine import TrainSpec
 from xdray.train.role import Built, Role
-from xdray.transfer.metrics import task_metrics
+from xdray.transfer.metrics import split_metric
 from xdray.transfer.model import load_task_model, task_collate
 
 
@@ -31,6 +32,6 @@ class TransferRole(Role):
                 device: torch.device | str) -> dict:
         return task_collate(self.task)(raw, tokenizer, max_length, device)
 
-    def metric(self) -> Callable[[torch.Tensor, torch.Tensor], dict]:
-        task = self.task
-        return lambda logits, labels: task_metrics(task, logits, labels)
+    def metric(self, dev: pa.Table, tokenizer: PreTrainedTokenizerBase, max_length: int
+               ) -> Callable[[list[torch.Tensor], list[torch.Tensor]], dict]:
+        return split_metric(self.task, dev.to_pylist(), tokenizer, max_length)

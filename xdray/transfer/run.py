@@ -120,9 +120,9 @@ class TaskJob:
             "seconds": round(time.perf_counter() - t0, 1), "history": trained["history"],
             "model_dir": str(model_dir), "run_name": name, "mlflow_run_id": run_id,
         }
-        summary["mlflow_model_uri"] = tracker.log_model(
-            run_id, model_dir, texts[:2], task="token-classification" if data.type == "token_classification"
-            else "text-classification")
+        pipeline = {"token_classification": "token-classification", "question_answering": "question-answering"}
+        key = "mlflow_artifact_uri" if data.type == "question_answering" else "mlflow_model_uri"  # no QA flavor
+        summary[key] = tracker.log_model(run_id, model_dir, texts[:2], task=pipeline.get(data.type, "text-classification"))
         tracker.metrics(run_id, {f"test_{k}": v for k, v in test.items() if k != "score"}
                         | {f"test_{k}.{name}": v for name, m in by_language.items() for k, v in m.items()
                            if k != "score"}

@@ -1,8 +1,9 @@
 """Target tasks for ``xdray transfer``: labeled splits read from TSV/CSV/JSON lines/Parquet/CoNLL files,
-``save_to_disk`` directories or GLUE presets, turned into canonical rows with integer (or float) labels.
+``save_to_disk`` directories or GLUE / SQuAD presets, turned into canonical rows with integer (or float) labels.
 
 Canonical rows: ``{"text", "label"}`` (+ ``"text_pair"`` for sentence pairs, and for regression when the
-data has a second sentence), or ``{"tokens", "tags"}`` for token tasks. Every label problem (an unknown class
+data has a second sentence), ``{"tokens", "tags"}`` for token tasks, or ``{"question", "context", "answers",
+"answer_starts"}`` (answer texts and their character offsets; none: unanswerable) for question answering. Every label problem (an unknown class
 name, a fractional label for a classification task, a tag count that does not match the words) stops the run
 with one line naming the file, the row and the fix, before any worker starts.
 """
@@ -34,6 +35,7 @@ GLUE = {
     "wnli": ("pair_classification", "sentence1", "sentence2"),
 }
 GLUE_DEV_ROWS = 2000
+SQUAD = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
 
 Record = tuple[str, dict]  # (where it came from, for error messages; the raw row)
 
@@ -55,20 +57,35 @@ class TaskData:
 
     @property
     def num_labels(self) -> int:
-        return len(self.names) if self.names else 1
+        """Classes or tags; 1 for regression; 2 for question answering (a start and an end score per token)."""
+        return 2 if self.type == "question_answering" else len(self.names) if self.names else 1
 
     @property
     def pairs(self) -> bool:
         return any("text_pair" in row for row in self.train[:1])
 
+    stride: int = 0
+    """Question answering: context tokens shared by consecutive windows."""
+
+    @property
+    def allow_null(self) -> bool:
+        """Question answering with unanswerable questions (SQuAD v2): the empty answer is a prediction."""
+        return any(not row["answers"] for rows in (self.train, self.dev) for row in rows)
+
     def worker_spec(self) -> dict:
         """What a Ray Train worker needs to build the model, batches and dev metric (plain data)."""
-        return {"type": self.type, "names": self.names, "num_labels": self.num_labels}
+        spec = {"type": self.type, "names": self.names, "num_labels": self.num_labels}
+        if self.type == "question_answering":
+            spec |= {"stride": self.stride, "allow_null": self.allow_null}
+        return spec
 
 
 def load_task(task: TransferTask, seed: int = 0) -> TaskData:
-    kind, raw, hf_names = _glue(task, seed) if task.preset else _files(task)
-    if kind == "token_classification":
+    kind, raw, hf_names = _preset(task, seed) if task.preset else _files(task)
+    if kind == "question_answering":
+        names = None
+        splits = {role: [_qa_row(where, r, task) for where, r in records] for role, records in raw.items()}
+    elif kind == "token_classification":
         names = _names(task, hf_names, (pair for where, r in raw["train"] for pair in _tag_list(r, task, where)))
         splits = {role: [_token_row(where, r, task, names) for where, r in records] for role, records in raw.items()}
     elif kind == "regression":
@@ -89,7 +106,7 @@ def load_task(task: TransferTask, seed: int = 0) -> TaskData:
         keep = sorted(random.Random(seed).sample(range(len(train)), task.max_train_rows))
         train = [train[i] for i in keep]
     tests = {name: splits[f"test.{name}"] for name in task.tests}
-    return TaskData(kind, train, splits["dev"], splits["test"], names, tests)
+    return TaskData(kind, train, splits["dev"], splits["test"], names, tests, task.stride)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,6 +201,20 @@ def _tag_list(record: dict, task: TransferTask, where: str) -> list[tuple[str, o
     return [(where, t) for t in (tags.split() if isinstance(tags, str) else list(tags))]
 
 
+def _qa_row(where: str, record: dict, task: TransferTask) -> dict:
+    question, context = (str(_field(where, record, c) or "") for c in (task.question_column, task.context_column))
+    answers = _field(where, record, task.answers_column)
+    if not isinstance(answers, dict) or not {"text", "answer_start"} <= set(answers):
+        raise XdrayError(f"{where}: {task.answers_column!r} is not SQuAD's {{'text': [...], 'answer_start': [...]}}; "
+                         "fix: give each row its answer texts and their character offsets in the context")
+    texts, starts = [str(t) for t in answers["text"]], [int(a) for a in answers["answer_start"]]
+    for text, start in zip(texts, starts):
+        if len(texts) != len(starts) or context[start:start + len(text)] != text:
+            raise XdrayError(f"{where}: answer {text!r} is not at character {start} of the context; fix: correct "
+                             "answer_start (a character offset into the context)")
+    return {"question": question, "context": context, "answers": texts, "answer_starts": starts}
+
+
 def _token_row(where: str, record: dict, task: TransferTask, names: list[str]) -> dict:
     words = _field(where, record, task.tokens_column)
     words = words.split() if isinstance(words, str) else [str(w) for w in words]
@@ -270,16 +301,20 @@ def _classlabel_names(ds, task: TransferTask) -> list[str] | None:
     return list(feature.names) if hasattr(feature, "names") else None
 
 
-def _glue(task: TransferTask, seed: int) -> tuple[str, dict[str, list[Record]], list[str] | None]:
+def _preset(task: TransferTask, seed: int) -> tuple[str, dict[str, list[Record]], list[str] | None]:
+    """A GLUE task or SQuAD from the Hub: train minus a seeded dev holdout, validation as test."""
     import datasets
 
-    name = task.preset.split("/", 1)[1]
-    kind, first, second = GLUE[name]
+    if task.preset in SQUAD:
+        kind, hub, name = "question_answering", SQUAD[task.preset], None
+    else:
+        name, hub = task.preset.split("/", 1)[1], "nyu-mll/glue"
+        kind, first, second = GLUE[name]
+        object.__setattr__(task, "text_column", first)
+        object.__setattr__(task, "pair_column", second or "text_pair")
     object.__setattr__(task, "type", kind)
-    object.__setattr__(task, "text_column", first)
-    object.__setattr__(task, "pair_column", second or "text_pair")
     try:
-        stored = datasets.load_dataset("nyu-mll/glue", name)
+        stored = datasets.load_dataset(hub, name)
     except Exception as e:  # offline, or the Hub refused: one line, not a traceback
         raise XdrayError(f"task '{task.name}': preset {task.preset} could not be loaded ({type(e).__name__}); fix: "
                          "it needs network access to the Hugging Face Hub; offline, save it with save_to_disk and "
