@@ -206,7 +206,7 @@ def answered(ray_local, tmp_path_factory):
     job = root / "job.yaml"
     job.write_text(yaml.safe_dump({
         "output_dir": str(root / "out"), "mlflow": {"experiment": "xdray-qa"},
-        "transfer": {"student": str(encoder), "epochs": 6, "patience": 3, "lr": 3.0e-3, "batch_size": 16,
+        "transfer": {"student": str(encoder), "epochs": 8, "patience": 8, "lr": 3.0e-3, "batch_size": 4,
                      "workers": 2, "deepspeed": {"zero_stage": 2}, "latency_sentences": 4,
                      "tasks": [{"name": "qa", "type": "question_answering", **{k: str(v) for k, v in paths.items()},
                                 "max_length": 32, "stride": 8}]},
