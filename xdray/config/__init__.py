@@ -220,7 +220,7 @@ class XdrayConfig(Section):
         """The source task of a ``data.task`` other than classification, read as a transfer task would be."""
         d = self.data
         return TransferTask(name="source", type=d.task, train=d.train, dev=d.dev, test=d.test, tests=d.tests,
-                            max_length=d.max_length, max_train_rows=d.max_train_rows)
+                            max_length=d.max_length, max_train_rows=d.max_train_rows, stride=d.stride)
 
     @property
     def transfer_student(self) -> str:

@@ -84,10 +84,13 @@ def check_test_names(value: dict[str, Path], where: str) -> dict[str, Path]:
 
 
 class DataConfig(Section):
-    task: Literal["classification", "token_classification"] = "classification"
+    task: Literal["classification", "token_classification", "question_answering"] = "classification"
     """What the teacher is trained for. ``token_classification``: tags per word (NER); the splits are then CoNLL
     (``word<TAB>tag`` lines) or any file a ``token_classification`` transfer task reads (tokens, tags). Such a task
-    is distilled into a token-classification student (per-token logits); ``xdray search`` takes sequence tasks only."""
+    is distilled into a token-classification student (per-token logits); ``xdray search`` takes sequence tasks only.
+    ``question_answering``: SQuAD-shaped splits (``question``, ``context``, ``answers``), windows of ``max_length``
+    overlapping by ``stride``; ``xdray teacher`` fine-tunes and scores it (EM/F1), labelling and distilling span
+    logits are not built yet."""
     train: Path
     """Labeled train split: a TSV file with a header and columns `text` and `label` (integer class ids; `text_pair` too
     with `pairs`)."""
@@ -105,6 +108,8 @@ class DataConfig(Section):
     """Sentence-pair inputs: labeled splits carry a ``text_pair`` column, and so do the transfer sources."""
     max_length: int = Field(64, ge=8, le=4096)
     """Tokens per input."""
+    stride: int = Field(16, ge=0)
+    """Question answering: context tokens shared by consecutive windows of a context longer than ``max_length``."""
     max_train_rows: int | None = Field(None, ge=1)
     """Subsample the labeled train split (fixed seed) to bound run time; None uses all rows."""
     max_transfer_rows: int | None = Field(None, ge=1)
@@ -124,9 +129,15 @@ class DataConfig(Section):
         return check_test_names(value, "data.tests")
 
     @model_validator(mode="after")
-    def _token_tasks_are_single_sentences(self) -> DataConfig:
+    def _task_inputs_fit(self) -> DataConfig:
         if self.task == "token_classification" and self.pairs:
             raise ValueError("data.pairs: a token_classification task tags the words of one text; fix: remove pairs")
+        if self.task == "question_answering" and self.pairs:
+            raise ValueError("data.pairs: a question_answering task already pairs each question with its context; "
+                             "fix: remove pairs")
+        if self.task == "question_answering" and self.stride >= self.max_length // 2:
+            raise ValueError(f"data.stride {self.stride} must be under half of max_length {self.max_length} (the "
+                             "question shares each window); fix: lower stride or raise max_length")
         return self
 
     @model_validator(mode="after")

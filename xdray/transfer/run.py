@@ -67,7 +67,7 @@ def _run_task(cfg: XdrayConfig, tracker: Tracker, parent: str, task: TransferTas
 @dataclass
 class TaskJob:
     """One task fine-tuned from ``init`` and scored: a transfer task on the student, or a token task's teacher
-    on its backbone. The model lands in ``out/model``."""
+    on its backbone (token tags, QA spans). The model lands in ``out/model``."""
 
     label: str
     """The run's name before its hash, shown on the console."""
