@@ -1,4 +1,5 @@
-"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data samples|transfer-sets|teachers|multilingual|token-sets`.
+"""`xdray <command> CONFIG [--set key=value ...]` and `xdray data NAME` (samples, transfer-sets, teachers,
+multilingual, token-sets, paraphrase).
 
 Every problem the user can fix ends as one line on stderr and exit status 2 (bad config / input) or 1
 (a step failed); tracebacks are for bugs.
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated help languages Debian ships (default de,fr,es,it,ja)")
     tokens = data.add_parser("token-sets", help="prepare WNUT-16 Twitter NER and a tweet transfer corpus")
     tokens.add_argument("--dir", default="data/tokens", type=Path, help="where to write (default data/tokens)")
+    para = data.add_parser("paraphrase", help="prepare KJV/WEB Bible paraphrase detection (a sentence-pair task)")
+    para.add_argument("--dir", default="data/paraphrase", type=Path, help="where to write (default data/paraphrase)")
     return parser
 
 
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _teachers(args.dir, args.names)
             if args.data_command == "token-sets":
                 return _token_sets(args.dir)
+            if args.data_command == "paraphrase":
+                return _paraphrase(args.dir)
             if args.data_command == "multilingual":
                 return _multilingual(args.dir, [x for x in args.languages.split(",") if x.strip()])
             return _samples(args.dir)
@@ -135,6 +140,15 @@ def _token_sets(directory: Path) -> int:
     rows = ", ".join(f"{k} {v}" for k, v in task["rows"].items())
     print(f"token sets ready in {directory}: wnut16 NER, {len(task['entities']['train'])} entity types ({rows}), "
           f"{transfer['lines']} transfer tweets ({transfer['dropped_held_out']} held-out tweets dropped)")
+    return 0
+
+
+def _paraphrase(directory: Path) -> int:
+    from xdray.data.paraphrase import prepare_paraphrase
+
+    manifest = prepare_paraphrase(directory)
+    rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
+    print(f"paraphrase task ready in {directory}: bible KJV/WEB same verse or a neighbour ({rows})")
     return 0
 
 
