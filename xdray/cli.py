@@ -1,5 +1,5 @@
 """`xdray <command> CONFIG [--set key=value ...]` and `xdray data NAME` (samples, transfer-sets, teachers,
-multilingual, token-sets, paraphrase).
+multilingual, token-sets, paraphrase, general-corpus).
 
 Every problem the user can fix ends as one line on stderr and exit status 2 (bad config / input) or 1
 (a step failed); tracebacks are for bugs.
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--dir", default="data/tokens", type=Path, help="where to write (default data/tokens)")
     para = data.add_parser("paraphrase", help="prepare KJV/WEB Bible paraphrase detection (a sentence-pair task)")
     para.add_argument("--dir", default="data/paraphrase", type=Path, help="where to write (default data/paraphrase)")
+    general = data.add_parser("general-corpus", help="prepare a general English transfer corpus (300k+ sentences)")
+    general.add_argument("--dir", default="data/general", type=Path, help="where to write (default data/general)")
+    general.add_argument("--held-out", dest="held_out", action="append", type=Path, metavar="DIR",
+                         help="task directory whose dev/test texts must stay out (repeatable; default: "
+                              "data/samples, data/transfer, data/tokens, data/paraphrase where present)")
     return parser
 
 
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _token_sets(args.dir)
             if args.data_command == "paraphrase":
                 return _paraphrase(args.dir)
+            if args.data_command == "general-corpus":
+                return _general_corpus(args.dir, args.held_out)
             if args.data_command == "multilingual":
                 return _multilingual(args.dir, [x for x in args.languages.split(",") if x.strip()])
             return _samples(args.dir)
@@ -149,6 +156,18 @@ def _paraphrase(directory: Path) -> int:
     manifest = prepare_paraphrase(directory)
     rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
     print(f"paraphrase task ready in {directory}: bible KJV/WEB same verse or a neighbour ({rows})")
+    return 0
+
+
+def _general_corpus(directory: Path, held_out: list[Path] | None) -> int:
+    from xdray.data.general_corpus import prepare_general_corpus
+
+    manifest = prepare_general_corpus(directory, held_out)
+    sources = ", ".join(f"{name} {c.get('kept', 0):,}" for name, c in manifest["sources"].items())
+    held = manifest["held_out"]
+    print(f"general corpus ready in {directory}: {manifest['sentences']:,} sentences ({sources}); "
+          f"{manifest['dropped_held_out']:,} dropped as dev/test text of {len(held['files'])} held-out files in "
+          f"{', '.join(held['directories']) or 'no directory'}")
     return 0
 
 
