@@ -80,6 +80,8 @@ def test_osis_markup_is_stripped_to_the_words():
         == "God created, all."
     assert osis_to_text("<title>Psalm of David</title>Yahweh is my <divineName>shepherd</divineName> ;") \
         == "Yahweh is my shepherd;"
+    assert osis_to_text('the <w lemma="G1">priests</w><w lemma="G2">and</w> <w>said</w>, “What') \
+        == "the priests and said, “What"  # two words with no space between their tags
 
 
 def test_verses_align_and_pairs_split_by_chapter(tmp_path):

@@ -172,10 +172,11 @@ def osis_to_text(osis: str) -> str:
     """Plain text of an OSIS fragment: keep words, drop notes/headings and all tags.
 
     A dropped note becomes a space because WEB often glues the next word straight after
-    ``</note>`` (``God<note>…</note><w>created</w>``); a space left before punctuation is removed.
+    ``</note>`` (``God<note>…</note><w>created</w>``), and so does a word that opens right where
+    another closed (``priests</w><w>and``); a space left before punctuation is removed.
     """
     parts: list[str] = []
-    drop = 0
+    drop, word_closed = 0, False
     for m in _TOKEN.finditer(osis):
         closing, tag, selfclosing, text = m.groups()
         if text is not None:
@@ -184,8 +185,9 @@ def osis_to_text(osis: str) -> str:
         elif tag in _DROP and not selfclosing:
             drop += -1 if closing else 1
             parts.append(" ")
-        elif not drop and tag not in _INLINE:
+        elif not drop and (tag not in _INLINE or (tag == "w" and not closing and word_closed)):
             parts.append(" ")
+        word_closed = tag == "w" and bool(closing)
     return _tidy(parts)
 
 
