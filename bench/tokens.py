@@ -38,14 +38,14 @@ from xdray.distill.token_layout import Layout, bytes_per_token
 
 STUDENT = {"layers": 3, "hidden": 384, "heads": 12, "intermediate": 320, "init": "teacher-layers",
            "embeddings": "copy"}
-TRAIN = {"workers": 2, "cpus_per_worker": 1, "batch_size": 32, "lr": 1.0e-4,
+TRAIN = {"workers": 2, "cpus_per_worker": 1, "batch_size": 16, "lr": 3.0e-4,
          "deepspeed": {"zero_stage": 2, "precision": "fp32"}}
 MAX_LENGTH = 64
 
 
 def arms(epochs: int) -> dict[str, tuple[list[dict], str]]:
     """Each arm's stages and where its teacher targets come from (``offline``: the Parquet; ``online``)."""
-    labels = {"name": "labels", "data": "train", "loss": "ce", "epochs": epochs, "patience": 2, "monitor": "dev_score"}
+    labels = {"name": "labels", "data": "train", "loss": "ce", "epochs": epochs, "patience": 3, "monitor": "dev_score"}
     return {
         "labels": ([{**labels, "epochs": 2 * epochs}], "offline"),
         "logits_kd": ([{"name": "logits", "data": "transfer", "loss": "logits_kl", "epochs": epochs, "patience": 2},
