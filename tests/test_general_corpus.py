@@ -70,8 +70,8 @@ def test_gcide_entries_become_clean_sentences_without_wordnet_blocks(tmp_path):
 
 
 def test_sentences_split_and_filter():
-    assert split_sentences("Mr. Smith went to Washington. He arrived at 5 p.m. on Monday.\n\nA new one.") == [
-        "Mr. Smith went to Washington.", "He arrived at 5 p.m. on Monday.", "A new one."]
+    assert split_sentences("Mr. Smith went to Washington. He didn't arrive at 5 p.m. on Monday.\n\nA new one.") == [
+        "Mr. Smith went to Washington.", "He didn't arrive at 5 p.m. on Monday.", "A new one."]  # spelled as written
     assert clean_sentence_ok("The whale rose slowly from the deep.")
     assert not clean_sentence_ok("Too short here.") and not clean_sentence_ok("Visit http://x.org for the rest now.")
     assert not clean_sentence_ok("a heading without any end punctuation at all")

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import re
 
-from syntok import segmenter
+from syntok.segmenter import preprocess, segment
+from syntok.tokenizer import Tokenizer
+
+_TOKENIZER = Tokenizer(replace_not_contraction=False)  # syntok's default spells "don't" as "do not"
 
 
 def split_sentences(text: str) -> list[str]:
     """The sentences of ``text`` (paragraphs split on blank lines first), whitespace normalised."""
     return [" ".join("".join(t.spacing + t.value for t in sentence).split())
-            for paragraph in segmenter.process(text) for sentence in paragraph]
+            for paragraph in preprocess(text) for sentence in segment(_TOKENIZER.tokenize(paragraph))]
 
 
 def sentence_key(text: str) -> str:
