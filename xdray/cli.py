@@ -1,5 +1,5 @@
 """`xdray <command> CONFIG [--set key=value ...]` and `xdray data NAME` (samples, transfer-sets, teachers,
-multilingual, token-sets, paraphrase, general-corpus).
+multilingual, token-sets, paraphrase, spam, general-corpus).
 
 Every problem the user can fix ends as one line on stderr and exit status 2 (bad config / input) or 1
 (a step failed); tracebacks are for bugs.
@@ -66,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--dir", default="data/tokens", type=Path, help="where to write (default data/tokens)")
     para = data.add_parser("paraphrase", help="prepare KJV/WEB Bible paraphrase detection (a sentence-pair task)")
     para.add_argument("--dir", default="data/paraphrase", type=Path, help="where to write (default data/paraphrase)")
+    spam = data.add_parser("spam", help="prepare SpamAssassin spam detection (real e-mail)")
+    spam.add_argument("--dir", default="data/spam", type=Path, help="where to write (default data/spam)")
     general = data.add_parser("general-corpus", help="prepare a general English transfer corpus (300k+ sentences)")
     general.add_argument("--dir", default="data/general", type=Path, help="where to write (default data/general)")
     general.add_argument("--held-out", dest="held_out", action="append", type=Path, metavar="DIR",
                          help="task directory whose dev/test texts must stay out (repeatable; default: "
-                              "data/samples, data/transfer, data/tokens, data/paraphrase where present)")
+                              "data/samples, data/transfer, data/tokens, data/paraphrase, data/spam where present)")
     return parser
 
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _token_sets(args.dir)
             if args.data_command == "paraphrase":
                 return _paraphrase(args.dir)
+            if args.data_command == "spam":
+                return _spam(args.dir)
             if args.data_command == "general-corpus":
                 return _general_corpus(args.dir, args.held_out)
             if args.data_command == "multilingual":
@@ -156,6 +160,15 @@ def _paraphrase(directory: Path) -> int:
     manifest = prepare_paraphrase(directory)
     rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
     print(f"paraphrase task ready in {directory}: bible KJV/WEB same verse or a neighbour ({rows})")
+    return 0
+
+
+def _spam(directory: Path) -> int:
+    from xdray.data.spam import prepare_spam
+
+    manifest = prepare_spam(directory)
+    rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
+    print(f"spam task ready in {directory}: spam_assassin ham/spam e-mail ({rows})")
     return 0
 
 

