@@ -230,10 +230,11 @@ def answered(ray_local, tmp_path_factory):
 @pytest.mark.slow
 def test_a_qa_teacher_learns_to_answer_across_windows_and_transfers(answered):
     teacher, result = answered
-    for summary in (teacher, result):  # the teacher trained from scratch; the transfer fine-tunes it one epoch more
+    assert teacher["test"]["exact_match"] > 0.5, teacher["test"]  # 8 epochs from a random encoder: 0.875-1.0
+    assert result["test"]["f1"] > 0.6, result["test"]  # a fresh head on the teacher's encoder, 1 epoch: 0.82-0.85
+    for summary in (teacher, result):
         assert summary["type"] == "question_answering" and summary["metric"] == "f1" and summary["workers"] == 2
-        assert summary["test"]["exact_match"] > 0.5 and summary["test"]["f1"] >= summary["test"]["exact_match"], \
-            summary["test"]
+        assert summary["test"]["f1"] >= summary["test"]["exact_match"], summary["test"]
         assert summary["dev_score"] == pytest.approx(max(e["dev_score"] for e in summary["history"]), abs=1e-6)
         model = AutoModelForQuestionAnswering.from_pretrained(summary["model_dir"])  # a standard HF QA model
         assert model.config.num_labels == 2 and summary["mlflow_artifact_uri"].endswith("/model")
