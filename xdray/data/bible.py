@@ -267,11 +267,6 @@ def read_kjv(tree: str | Path) -> dict[Key, str]:
     return out
 
 
-def aligned_pairs(kjv: dict[Key, str], web: dict[Key, str]) -> list[tuple[Key, str, str]]:
-    """(key, kjv, web) for every verse present in both, in WEB (canonical) order."""
-    return [(k, kjv[k], w) for k, w in web.items() if k in kjv]
-
-
 def bibles(cache: Path) -> tuple[dict[Key, str], dict[Key, str], dict[str, str]]:
     """The KJV and the WEB by verse, fetched into ``cache`` (kept for reruns), and the packages' versions."""
     (web_tree, web_version), (kjv_tree, kjv_version) = (fetch_deb(p, cache, _FIX) for p in PACKAGES)

@@ -29,7 +29,6 @@ def _b64_int(s: str) -> int:
 
 def _gcide_files(tree: Path) -> tuple[Path, Path]:
     """Find gcide.index / gcide.dict(.dz) under an unpacked deb or a dictd dir."""
-    tree = Path(tree)
     for d in (tree / "usr/share/dictd", tree):
         idx = d / "gcide.index"
         if idx.exists():

@@ -43,20 +43,29 @@ _FIX = "fix: check network access to the Debian archive (apt-get download)"
 _MO_LOCALES = {"de": "de", "fr": "fr"}  # any translated catalogue carries the English msgids
 
 
-def held_out_texts(directories: Iterable[Path]) -> tuple[set[str], list[dict]]:
-    """Keys of every dev/test text (and of each of its sentences) under ``directories``, and the files read."""
+def held_out_files(directories: Iterable[Path]) -> list[Path]:
+    """Every dev/test split (TSV or CoNLL) under ``directories``, download caches aside."""
+    return [path for directory in directories for path in sorted(directory.rglob("*"))
+            if path.is_file() and path.name.startswith(("dev", "test")) and path.suffix in (".tsv", ".conll")
+            and ".cache" not in path.parts]
+
+
+def held_out_texts(files: list[Path]) -> tuple[set[str], list[dict]]:
+    """Keys of every text of ``files`` (and of each of its sentences), and what each file held."""
     keys: set[str] = set()
-    files = []
-    for directory in directories:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name.startswith(("dev", "test"))
-                           and p.suffix in (".tsv", ".conll") and ".cache" not in p.parts):
-            texts = list(_split_texts(path))
-            for text in texts:
-                keys.add(sentence_key(text))
-                keys.update(sentence_key(s) for s in split_sentences(text))
-            stat = path.stat()
-            files.append({"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "texts": len(texts)})
-    return keys, files
+    read = []
+    for path in files:
+        texts = list(_split_texts(path))
+        for text in texts:
+            keys.add(sentence_key(text))
+            keys.update(sentence_key(s) for s in split_sentences(text))
+        read.append({**_stamp(path), "texts": len(texts)})
+    return keys, read
+
+
+def _stamp(path: Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _split_texts(path: Path) -> Iterator[str]:
@@ -103,13 +112,15 @@ def _sources(cache: Path, versions: dict[str, str]) -> dict[str, Callable[[], It
 def prepare_general_corpus(out: Path, held_out: list[Path] | None = None) -> dict:
     """Create (or confirm) ``out/corpus.txt``; returns the manifest."""
     held_dirs = [Path(d) for d in (held_out if held_out is not None else DEFAULT_HELD_OUT) if Path(d).is_dir()]
-    held, held_files = held_out_texts(held_dirs)
+    files = held_out_files(held_dirs)
     manifest_path = out / "MANIFEST.json"
-    if manifest_path.is_file():
+    if manifest_path.is_file():  # the same held-out files (by stamp): nothing to redo, nothing to re-read
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("held_out", {}).get("files") == held_files:
+        if [{k: f[k] for k in ("path", "size", "mtime_ns")} for f in manifest.get("held_out", {}).get("files", [])] \
+                == [_stamp(path) for path in files]:
             return manifest
         manifest_path.unlink()
+    held, held_files = held_out_texts(files)
     versions: dict[str, str] = {}
     seen: set[str] = set()
     lines: list[str] = []
