@@ -2,7 +2,8 @@
 answers extracted across windows (length limit, order, the null answer), exact match / F1; QA rows read from
 files (bad offsets refused in one line), batched into windows and trained with the span loss; a QA teacher
 (``data.task: question_answering``) and a ``question_answering`` transfer task end to end on a local Ray with
-DeepSpeed; and the steps past the teacher refused for QA sources in one line."""
+DeepSpeed; the labeler's span logits per window, the dev score from labelled windows and the span KD loss;
+a QA student distilled end to end; and the search refused for QA sources in one line."""
 
 from __future__ import annotations
 
@@ -197,16 +198,88 @@ def test_qa_batches_are_windows_with_answer_spans_and_the_span_loss_trains(token
     assert metric([perfect[:3], perfect[3:]], [batch["labels"]])["exact_match"] == 1.0
 
 
+def test_the_labeler_stores_each_windows_span_logits_and_dev_scores_and_distils_from_them(tokenizer, tmp_path):
+    from xdray.distill.batches import collate, table_batches
+    from xdray.distill.objective import DistillModule, Objective, teacher_targets
+    from xdray.distill.role import qa_examples
+    from xdray.distill.token_layout import Layout, bytes_per_token
+    from xdray.label.labeler import ChunkLabeler
+    from xdray.transfer.metrics import split_metric
+
+    torch.manual_seed(0)
+    teacher = AutoModelForQuestionAnswering.from_pretrained(tokenizer.name_or_path).eval()
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    rng = random.Random(3)
+    rows = [qa_row(rng, unanswerable=i == 5) for i in range(12)]
+    dev = pa.table({"id": [f"ex{i}" for i in range(len(rows))], "text": [r["question"] for r in rows],
+                    "text_pair": [r["context"] for r in rows], "answers": [r["answers"]["text"] for r in rows],
+                    "answer_starts": [r["answers"]["answer_start"] for r in rows]})
+    layout = Layout("qa", num_labels=2, stride=8)
+    labeler = ChunkLabeler(str(tmp_path / "teacher"), max_length=32, threads=1, batch_size=5, layout=layout.describe())
+    out, stats = labeler.label_table(dev)
+    answers = [(r["answers"]["answer_start"][0], r["answers"]["text"][0]) if r["answers"]["text"] else None
+               for r in rows]
+    windows = qa_windows(tokenizer, dev.column("text").to_pylist(), dev.column("text_pair").to_pylist(), 32, 8, answers)
+    assert out.num_rows == stats["labelled"] == len(windows.example) > len(rows) and stats["rows"] == len(rows)
+    assert out.column("input_ids").to_pylist() == windows.input_ids and len(set(out.column("id").to_pylist())) == out.num_rows
+    assert out.column("start_positions").to_pylist() == windows.start_positions
+    for w in (0, 1, out.num_rows - 1):  # the stored logits are the teacher's on that window alone (float16)
+        ids = torch.tensor([windows.input_ids[w]])
+        with torch.no_grad():
+            expected = teacher(input_ids=ids, token_type_ids=torch.tensor([windows.token_type_ids[w]]))
+        for name in ("start_logits", "end_logits"):
+            np.testing.assert_allclose(out.column(name)[w].as_py(), getattr(expected, name)[0].numpy(), atol=2e-3)
+    # start + end: 2 float16 per token, plus each window's two int32 offsets
+    assert 4 <= bytes_per_token(out.select(["start_logits", "end_logits"]), layout) <= 4 + 8 / 12
+    # dev is scored on the windows' examples, in order; batches carry the spans and the teacher's targets
+    assert [r["example_id"] for r in qa_examples(out)] == dev.column("id").to_pylist()
+    batches = [collate(raw, tokenizer, 32, "cpu", layout=layout) for raw in table_batches(out, 7)]
+    assert torch.cat([b["labels"] for b in batches]).tolist() == [list(x) for x in zip(windows.start_positions,
+                                                                                         windows.end_positions)]
+    assert (batches[0]["teacher_span_mask"] == batches[0]["attention_mask"].bool()).all()
+    spec = {"type": "question_answering", "names": None, "num_labels": 2, "stride": 8, "allow_null": True}
+    metric = split_metric(spec, qa_examples(out), tokenizer, 32)
+    perfect = [torch.stack([torch.where(torch.arange(b["input_ids"].shape[1]) == s, 5.0, -5.0) for s in b["labels"][:, i]])
+               for b in batches for i in (0, 1)]
+    scored = metric([torch.stack(perfect[k:k + 2], -1) for k in range(0, len(perfect), 2)], [])
+    assert scored["exact_match"] == 1.0, scored
+    with pytest.raises(ValueError, match="windows scored, the split's examples make"):
+        metric([torch.stack(perfect[:2], -1)], [])
+    # the span KD loss: ~0 for the teacher against its own stored logits, > 0 with gradients for another model
+    kd = Objective(("logits_kl",), temperature=2.0)
+    batch = batches[0]
+    same = kd(DistillModule(teacher, None, 0)(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}),
+              batch)["total"]
+    assert float(same.detach()) < 1e-3
+    torch.manual_seed(1)
+    student = AutoModelForQuestionAnswering.from_pretrained(tokenizer.name_or_path)
+    loss = kd(DistillModule(student, None, 0)(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}),
+              batch)["total"]
+    loss.backward()
+    assert float(loss.detach()) > 10 * float(same.detach()) and student.qa_outputs.weight.grad.abs().sum() > 0
+    online = teacher_targets(teacher, batch, kd)  # online mode: the same targets from the frozen teacher
+    torch.testing.assert_close(online["teacher_start_logits"][batch["attention_mask"].bool()],
+                               batch["teacher_start_logits"][batch["attention_mask"].bool()], atol=2e-3, rtol=1e-3)
+
+
 def qa_job(root, paths: dict, encoder) -> dict:
-    """A QA teacher (``data.task: question_answering``) on the tiny encoder, and a transfer of it onto the task."""
-    (root / "contexts.txt").write_text("".join(json.loads(line)["context"] + "\n"
-                                              for line in paths["train"].read_text().splitlines()))
+    """A QA teacher (``data.task: question_answering``) on the tiny encoder, unlabelled (question, context) pairs to
+    distil it on, and a transfer of the teacher onto the task."""
+    rng = random.Random(11)
+    (root / "questions.txt").write_text("".join("{question}\t{context}\n".format(**qa_row(rng)) for _ in range(320)))
     return {
         "output_dir": str(root / "out"), "mlflow": {"experiment": "xdray-qa"},
         "data": {"task": "question_answering", **{k: str(v) for k, v in paths.items()},
-                 "transfer": [str(root / "contexts.txt")], "max_length": 32, "stride": 8},
+                 "transfer": [str(root / "questions.txt")], "max_length": 32, "stride": 8},
         "teacher": {"backbone": str(encoder), "epochs": 8, "lr": 3.0e-3, "batch_size": 4, "workers": 2,
                     "deepspeed": {"zero_stage": 2}},
+        "distill": {"student": {"layers": 1, "hidden": 32, "heads": 2, "intermediate": 64, "init": "teacher-layers",
+                                "embeddings": "copy"},
+                    "stages": [{"name": "logits", "data": "transfer", "loss": "logits_kl", "epochs": 3,
+                                "temperature": 2.0},
+                               {"name": "labels", "data": "train", "loss": "ce", "epochs": 2}],
+                    "lr": 3.0e-3, "batch_size": 8, "workers": 2, "deepspeed": {"zero_stage": 2}},
         "transfer": {"student": str(root / "out" / "teacher" / "model"), "epochs": 1, "lr": 3.0e-4, "batch_size": 4,
                      "workers": 2, "deepspeed": {"zero_stage": 2}, "latency_sentences": 4,
                      "tasks": [{"name": "qa", "type": "question_answering", **{k: str(v) for k, v in paths.items()},
@@ -216,20 +289,25 @@ def qa_job(root, paths: dict, encoder) -> dict:
 
 @pytest.fixture(scope="module")
 def answered(ray_local, tmp_path_factory):
+    """The teacher, its span logits on the unlabelled pairs, a student distilled from them (then the labels), and
+    the teacher transferred onto the task: the summaries, and the labelled data's manifest."""
     from xdray.cli import main
 
     root = tmp_path_factory.mktemp("qa-transfer")
     job = root / "job.yaml"
     job.write_text(yaml.safe_dump(qa_job(root, write_qa(root), build_tiny_backbone(root / "encoder", qa_words()))))
-    assert main(["teacher", str(job)]) == 0
-    assert main(["transfer", str(job)]) == 0
-    teacher = json.loads((root / "out" / "teacher" / "summary.json").read_text())
-    return teacher, json.loads((root / "out" / "transfer" / "summary.json").read_text())["tasks"]["qa"]
+    for step in ("teacher", "label", "distill", "transfer"):
+        assert main([step, str(job)]) == 0, step
+    summaries = {step: json.loads((root / "out" / step / "summary.json").read_text())
+                 for step in ("teacher", "label", "distill")}
+    summaries["transfer"] = json.loads((root / "out" / "transfer" / "summary.json").read_text())["tasks"]["qa"]
+    return job, summaries, json.loads((root / "out" / "label" / "data" / "_manifest.json").read_text())
 
 
 @pytest.mark.slow
 def test_a_qa_teacher_learns_to_answer_across_windows_and_transfers(answered):
-    teacher, result = answered
+    _, done, _ = answered
+    teacher, result = done["teacher"], done["transfer"]
     assert teacher["test"]["exact_match"] > 0.5, teacher["test"]  # 8 epochs from a random encoder: 0.875-1.0
     assert result["test"]["f1"] > 0.6, result["test"]  # a fresh head on the teacher's encoder, 1 epoch: 0.82-0.85
     for summary in (teacher, result):
@@ -241,7 +319,22 @@ def test_a_qa_teacher_learns_to_answer_across_windows_and_transfers(answered):
     assert len(teacher["history"]) == 8 and len(result["history"]) == 1
 
 
-def test_qa_sources_go_as_far_as_the_teacher_and_are_refused_past_it_in_one_line(tmp_path, capsys):
+@pytest.mark.slow
+def test_a_qa_student_distils_the_teachers_span_logits_on_unlabelled_pairs(answered):
+    job, done, manifest = answered
+    label, student, teacher = done["label"], done["distill"], done["teacher"]
+    assert manifest["layout"] == {"kind": "qa", "positions": "first_subword", "top_k": None, "num_labels": 2,
+                                  "stride": 8, "lossless": True}
+    assert label["rows"] > 320 and label["dev_rows"] > 40  # windows: some contexts are longer than one
+    assert student["type"] == "question_answering" and student["metric"] == "f1" and student["workers"] == 2
+    assert student["phases"] == ["logits", "labels"] and "dev_accuracy" not in student
+    # one block of the teacher's two, from the teacher's logits on 320 unlabelled pairs and 2 epochs of labels
+    assert student["test"]["f1"] > 0.5 and student["test"]["f1"] >= 0.6 * teacher["test"]["f1"], student["test"]
+    model = AutoModelForQuestionAnswering.from_pretrained(student["model_dir"])
+    assert model.config.num_hidden_layers == 1 and student["mlflow_artifact_uri"].endswith("/model")
+
+
+def test_qa_sources_are_refused_by_the_search_in_one_line(tmp_path, capsys):
     from xdray.cli import main
 
     paths = write_qa(tmp_path, (("train", 4), ("dev", 4), ("test", 4)))
@@ -249,11 +342,10 @@ def test_qa_sources_go_as_far_as_the_teacher_and_are_refused_past_it_in_one_line
     job.write_text(yaml.safe_dump(qa_job(tmp_path, paths, tmp_path)))
     source = load_config(job).source_task()
     assert (source.type, source.stride, source.max_length) == ("question_answering", 8, 32)
-    for step in ("label", "distill", "pipeline"):
+    for step in ("search", "pipeline"):
         assert main([step, str(job)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "labelling and distilling their span logits is not built yet" in err[0], err
-        assert "fix: run xdray teacher only" in err[0]
+        assert len(err) == 1 and "data.task question_answering: xdray search" in err[0], err
     raw = qa_job(tmp_path, paths, tmp_path)
     with pytest.raises(ConfigError, match=r"data.stride 16 must be under half of max_length 32"):
         validate_config({**raw, "data": {**raw["data"], "stride": 16}})

@@ -31,10 +31,6 @@ def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
         if getattr(cfg, key) is None:
             raise ConfigError(f"{key}: required for xdray {' '.join(steps)}; fix: add the {key} section "
                               "(see jobs/quickstart.yaml)")
-    if cfg.data.task == "question_answering" and set(steps) - {"teacher"}:
-        raise ConfigError("data.task question_answering: xdray teacher fine-tunes QA teachers, but labelling and "
-                          "distilling their span logits is not built yet; fix: run xdray teacher only, and train a "
-                          "student for QA with xdray transfer (a question_answering task)")
     if cfg.data.task != "classification" and "search" in steps:
         raise ConfigError(f"data.task {cfg.data.task}: xdray search (and the pipeline, which ends with it) ranks "
                           "students by accuracy and takes sequence tasks only; fix: run xdray teacher, xdray label "

@@ -43,6 +43,12 @@ def experiment_id(client: MlflowClient, cfg: XdrayConfig) -> str:
     return client.create_experiment(cfg.mlflow.experiment, artifact_location=location)
 
 
+def pipeline_task(task_type: str) -> str:
+    """The Hugging Face pipeline task an MLflow model of a task type is logged for (``Tracker.log_model``)."""
+    return {"token_classification": "token-classification",
+            "question_answering": "question-answering"}.get(task_type, "text-classification")
+
+
 class Tracker:
     """Thin helper around one tracking URI; all methods take explicit run ids."""
 

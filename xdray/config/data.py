@@ -89,8 +89,9 @@ class DataConfig(Section):
     (``word<TAB>tag`` lines) or any file a ``token_classification`` transfer task reads (tokens, tags). Such a task
     is distilled into a token-classification student (per-token logits); ``xdray search`` takes sequence tasks only.
     ``question_answering``: SQuAD-shaped splits (``question``, ``context``, ``answers``), windows of ``max_length``
-    overlapping by ``stride``; ``xdray teacher`` fine-tunes and scores it (EM/F1), labelling and distilling span
-    logits are not built yet."""
+    overlapping by ``stride``, scored by exact match and F1; the transfer corpora then hold unlabelled (question,
+    context) pairs (``text_column``/``pair_column``, or ``question<TAB>context`` lines) and the teacher's start and
+    end logits of every window are distilled into a QA student."""
     train: Path
     """Labeled train split: a TSV file with a header and columns `text` and `label` (integer class ids; `text_pair` too
     with `pairs`)."""
@@ -115,6 +116,11 @@ class DataConfig(Section):
     max_transfer_rows: int | None = Field(None, ge=1)
     """Keep this many cleaned transfer rows, a fixed-seed sample by id (memory grows with it, not the corpus)."""
     cleaning: CleaningConfig = CleaningConfig()
+
+    @property
+    def paired(self) -> bool:
+        """Whether the transfer corpora hold two texts a row: sentence pairs, or a QA task's question and context."""
+        return self.pairs or self.task == "question_answering"
 
     @field_validator("transfer", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from xdray.distill.losses import IGNORE_INDEX
-from xdray.distill.token_layout import Layout, token_targets
+from xdray.distill.token_layout import Layout, span_targets, token_targets
 
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -30,7 +30,8 @@ def collate(
     Rows carry either ``input_ids`` (+ ``token_type_ids`` for pairs; the labelled Parquet, tokenized once by
     the labelling job) or ``text`` (+ ``text_pair``; labeled splits, tokenized here). Teacher targets:
     ``logits`` and ``hidden_<k>`` (the teacher's [CLS] state of hidden layer k), or a token task's per-token
-    columns (read with ``layout``, see ``distill.token_layout``) and its dev ``token_tags``.
+    columns (read with ``layout``, see ``distill.token_layout``) and its dev ``token_tags``, or a QA window's
+    start/end logits and its dev answer span.
     """
     if "input_ids" in raw:
         batch = {"input_ids": _pad(raw["input_ids"], max_length, tokenizer.pad_token_id)}
@@ -46,6 +47,10 @@ def collate(
         batch |= token_targets(raw, batch["input_ids"].shape[1], layout)
     if "token_tags" in raw:
         batch["labels"] = _pad(raw["token_tags"], max_length, IGNORE_INDEX)
+    if "start_logits" in raw:
+        batch |= span_targets(raw, batch["input_ids"].shape[1])
+    if "start_positions" in raw:  # labelled QA dev windows: the answer's first and last token, (0, 0) outside
+        batch["labels"] = torch.tensor(np.stack([raw["start_positions"], raw["end_positions"]], -1), dtype=torch.long)
     if "logits" in raw:
         batch["teacher_logits"] = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in raw["logits"]]))
     hidden = {int(k.removeprefix("hidden_")): k for k in raw if k.startswith("hidden_")}

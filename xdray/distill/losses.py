@@ -176,6 +176,15 @@ def masked_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, 
     return kl[rows].mean() * t * t if rows.any() else kl.sum() * 0
 
 
+def span_kd(student: torch.Tensor, start: torch.Tensor, end: torch.Tensor, mask: torch.Tensor, kind: str,
+            temperature: float = 1.0) -> torch.Tensor:
+    """QA distillation: the student's (B, T, 2) start and end scores against the teacher's start and end logits
+    over each window's tokens (``mask``): the mean of the two distributions' KL-T (``logits_kl``) or MSEs."""
+    parts = [masked_mse(student[..., i], t, mask) if kind == "logits_mse" else
+             masked_kl(student[..., i], t, mask, temperature) for i, t in enumerate((start, end))]
+    return (parts[0] + parts[1]) / 2
+
+
 def span_ce(start: torch.Tensor, end: torch.Tensor, start_positions: torch.Tensor, end_positions: torch.Tensor,
             mask: torch.Tensor) -> torch.Tensor:
     """Extractive QA on labelled windows: the mean of the start and end cross-entropies over each window's real

@@ -147,6 +147,9 @@ class Objective:
             elif name == "relations":
                 parts[name] = L.qkv_relations(out["qkv"], batch["teacher_qkv"], batch["attention_mask"],
                                               self.relation_heads)
+            elif name in ("logits_mse", "logits_kl") and "teacher_start_logits" in batch:  # extractive QA
+                parts[name] = L.span_kd(out["logits"], batch["teacher_start_logits"], batch["teacher_end_logits"],
+                                        batch["teacher_span_mask"], name, self.temperature)
             elif name in ("logits_mse", "logits_kl") and "teacher_token_logits" in batch:  # a token task
                 s, t, m = out["logits"], batch["teacher_token_logits"], batch["teacher_token_mask"]
                 parts[name] = L.masked_mse(s, t, m) if name == "logits_mse" else L.masked_kl(
@@ -183,7 +186,10 @@ def teacher_targets(teacher: nn.Module, batch: dict, objective: Objective) -> di
             output_attentions=objective.attention_maps,
         )
     mask = batch["attention_mask"]
-    if out.logits.dim() == 3:  # a token teacher: logits for every real token
+    if getattr(out, "start_logits", None) is not None:  # a QA teacher: start and end scores of every real token
+        targets = {"teacher_start_logits": out.start_logits.float(), "teacher_end_logits": out.end_logits.float(),
+                   "teacher_span_mask": mask.bool()}
+    elif out.logits.dim() == 3:  # a token teacher: logits for every real token
         logits = out.logits.float()
         targets = {"teacher_token_logits": logits, "teacher_token_mask": mask.bool()[..., None].expand_as(logits)}
     else:

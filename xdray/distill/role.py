@@ -1,7 +1,8 @@
 """The student's role in the worker loop (``xdray distill`` and search trials): build a student from the teacher
 (or load the one a search trial built), and keep the teacher beside it when it runs online. For a token task
 (``task``) the student has a per-token head, batches carry per-token targets (``layout``) or word tags, and dev
-is scored by entity F1."""
+is scored by entity F1; for extractive QA it has a start/end head, batches are windows with the teacher's start
+and end logits or the answer's span, and dev is scored by SQuAD F1."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from xdray.distill.token_layout import Layout
 from xdray.train.engine import TrainSpec
 from xdray.train.role import Built, Role, count_forwards
 from xdray.transfer.metrics import split_metric
-from xdray.transfer.model import token_collate
+from xdray.transfer.model import qa_collate, token_collate
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,29 @@ class StudentRole(Role):
                 device: torch.device | str) -> dict:
         if "tags" in raw:  # a token task's labeled split: words and their tags
             return token_collate(raw, tokenizer, max_length, device)
+        if "context" in raw and "input_ids" not in raw:  # a QA task's labeled split: examples, cut into windows
+            return qa_collate(raw, tokenizer, max_length, device, self.task["stride"])
         return collate(raw, tokenizer, max_length, device, layout=Layout.read(self.layout))
 
     def metric(self, dev: pa.Table, tokenizer: PreTrainedTokenizerBase, max_length: int
                ) -> Callable[[list[torch.Tensor], list[torch.Tensor]], dict] | None:
-        return None if self.task is None else split_metric(self.task, [], tokenizer, max_length)
+        if self.task is None:
+            return None
+        return split_metric(self.task, qa_examples(dev) if self.task["type"] == "question_answering" else [],
+                            tokenizer, max_length)
+
+
+def qa_examples(dev: pa.Table) -> list[dict]:
+    """The QA examples dev is scored on, in order: its rows (the labeled split, online), or the examples of its
+    labelled windows (one per ``example_id``, in the windows' order; ``qa_windows`` cuts them the same way)."""
+    if "example_id" not in dev.column_names:
+        return dev.to_pylist()
+    seen, rows = set(), []
+    for row in dev.select(["example_id", "question", "context", "answers"]).to_pylist():
+        if row["example_id"] not in seen:
+            seen.add(row["example_id"])
+            rows.append(row)
+    return rows
 
 
 def _uses(spec: TrainSpec, loss: str) -> bool:

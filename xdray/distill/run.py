@@ -1,6 +1,7 @@
 """`xdray distill`, driver side: the student's datasets (the labelled Parquet and/or the train split), checks
 that the student suits the teacher and its labels, and one Ray Train job in the ``StudentRole``. The test score
-is measured once, at the end (``train.fit.finish_classifier``): accuracy, or entity F1 for a token task.
+is measured once, at the end (``train.fit.finish_classifier``): accuracy, entity F1 for a token task, or SQuAD
+exact match and F1 for extractive QA.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from xdray.transfer.tasks import TaskData, load_task
 
 @dataclass
 class SourceData:
-    """The source task as a student trains on it: sequence splits, or a token task's word/tag rows."""
+    """The source task as a student trains on it: sequence splits, a token task's word/tag rows, or a QA task's
+    (question, context, answers) examples."""
 
     train: list[dict]
     dev: pa.Table
-    """Dev rows (text, or words and tags), sorted by length; replaced by the labelled dev Parquet offline."""
+    """Dev rows (text, words and tags, or QA examples), sorted by length; replaced by the labelled dev Parquet
+    offline."""
     num_labels: int
     texts: list[list[str]]
     """The train, dev and test texts, for vocabulary pruning."""
@@ -51,11 +54,11 @@ class SourceData:
         """How the exported student is scored on test (``finish_classifier``'s ``score``)."""
         if self.task is None:
             return partial(accuracy_scores, cfg, self.test)
-        return partial(entity_scores, self.task, cfg.data.max_length)
+        return partial(task_scores, self.task, cfg.data.max_length)
 
 
 def source_data(cfg: XdrayConfig) -> SourceData:
-    if cfg.data.task == "token_classification":
+    if cfg.data.task in ("token_classification", "question_answering"):
         from xdray.export.parity import row_length, row_text
 
         data = load_task(cfg.source_task(), cfg.seed)
@@ -67,14 +70,14 @@ def source_data(cfg: XdrayConfig) -> SourceData:
     return SourceData(train.rows(), text_table(dev), max(train.labels) + 1, texts, list(dev.texts), test=test)
 
 
-def entity_scores(data: TaskData, max_length: int, model_dir: Path) -> tuple[dict, dict]:
-    """A token-task student's test figures (entity F1 and its parts; per extra test split), for the summary and
-    for MLflow."""
+def task_scores(data: TaskData, max_length: int, model_dir: Path) -> tuple[dict, dict]:
+    """A token or QA student's test figures (entity F1 and its parts, or exact match and F1; per extra test
+    split), for the summary and for MLflow."""
     from xdray.transfer.run import evaluate_model
 
     test = evaluate_model(model_dir, data, max_length)
     by_split = {name: evaluate_model(model_dir, data, max_length, f"test.{name}") for name in data.tests}
-    summary = {"metric": "f1", "test": test, "test_f1": test["f1"], **({"test_by_language": by_split} if by_split else {})}
+    summary = {"type": data.type, "metric": "f1", "test": test, "test_f1": test["f1"], **({"test_by_language": by_split} if by_split else {})}
     return summary, ({f"test_{k}": v for k, v in test.items() if k != "score"}
                      | {f"test_f1.{name}": m["f1"] for name, m in by_split.items()})
 
@@ -136,8 +139,10 @@ def run_distill(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -
     out = cfg.step_dir("distill")
     dc = cfg.distill
     stages = [s.model_dump() for s in dc.stages]
-    if source.task is not None:  # a token task has no accuracy: its head stages select on entity F1
+    if source.task is not None:  # a token or QA task has no accuracy: its head stages select on F1
         stages = [s | {"monitor": "dev_score"} if s["monitor"] == "dev_accuracy" else s for s in stages]
+    if cfg.data.task == "question_answering":  # its labels are answer spans: ce is the span cross-entropy
+        stages = [s | {"loss": ["span_ce" if x == "ce" else x for x in s["loss"]]} for s in stages]
     check_student_fits(cfg, dc.student, dc.uses_hidden)
     tokenizer = AutoTokenizer.from_pretrained(cfg.teacher_dir)
     extra, pieces = {}, None

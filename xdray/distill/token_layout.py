@@ -39,6 +39,8 @@ class Layout:
     positions: Literal["first_subword", "all"] = "first_subword"
     top_k: int | None = None
     num_labels: int = 0
+    stride: int = 0
+    """QA: context tokens shared by consecutive windows."""
 
     @property
     def lossless(self) -> bool:
@@ -56,7 +58,7 @@ class Layout:
         """The layout a manifest recorded; manifests from before per-token outputs hold sequence logits."""
         if not entry:
             return cls()
-        return cls(**{k: entry[k] for k in ("kind", "positions", "top_k", "num_labels") if k in entry})
+        return cls(**{k: entry[k] for k in ("kind", "positions", "top_k", "num_labels", "stride") if k in entry})
 
     def check(self, task_kind: str, num_labels: int, where: str) -> None:
         """One line when labels of this layout cannot train a student for ``task_kind``."""

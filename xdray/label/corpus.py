@@ -212,7 +212,7 @@ def clean_rows(data: DataConfig, seed: int, counts: Counter) -> Iterator[tuple[s
 def _cleaned(data: DataConfig, counts: Counter) -> Iterator[tuple[str, str, str | None]]:
     seen: set[int] = set()
     for source in data.transfer:
-        for row in cleaned_rows(source, read_source(source, data.pairs, counts), 0, data.cleaning.dedupe, counts):
+        for row in cleaned_rows(source, read_source(source, data.paired, counts), 0, data.cleaning.dedupe, counts):
             if data.cleaning.dedupe:
                 key = int(row[0], 16)
                 if key in seen:

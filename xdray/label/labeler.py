@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import torch
 from xdray.common.files import atomic_path
 from xdray.common.hf import load_classifier
 from xdray.common.memory import peak_rss_mb
-from xdray.distill.token_layout import Layout, kept_positions, ragged, token_columns, word_tags
+from xdray.distill.token_layout import Layout, kept_positions, ragged, span_columns, token_columns, word_tags
+from xdray.label.corpus import stable_id
 from xdray.transfer.model import load_saved
+from xdray.transfer.qa import qa_windows
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -50,8 +53,9 @@ class ChunkLabeler:
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when Ray gave one
         self.layout = Layout.read(layout)
-        if self.layout.kind == "tokens":  # a token classifier; rows are words (the text split on white space)
-            self.model, self.tokenizer = load_saved(teacher_dir, {"type": "token_classification"})
+        if self.layout.kind in ("tokens", "qa"):  # per-token heads; token rows are words (the text split on spaces)
+            kind = "token_classification" if self.layout.kind == "tokens" else "question_answering"
+            self.model, self.tokenizer = load_saved(teacher_dir, {"type": kind})
         else:
             self.model, self.tokenizer = load_classifier(teacher_dir)
         self.model.to(self.device).eval()
@@ -73,8 +77,24 @@ class ChunkLabeler:
         stats["peak_rss_mb"] = peak_rss_mb()
         return stats
 
+    def forward(self, ids: list[list[int]], types: list[list[int]] | None, rows: list[int]):
+        """The teacher over ``rows`` of ``ids`` in batches of similar length: yields (positions in ``rows``, those
+        rows' indices, the model output, the attention mask)."""
+        for batch in length_batches([len(ids[i]) for i in rows], self.batch_size):
+            picked = [rows[j] for j in batch]
+            input_ids, mask = pad_batch([ids[i] for i in picked], self.tokenizer.pad_token_id)
+            inputs = {"input_ids": input_ids, "attention_mask": mask}
+            if types is not None:
+                inputs["token_type_ids"] = pad_batch([types[i] for i in picked], 0)[0]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.model(**{k: v.to(self.device) for k, v in inputs.items()},
+                                 output_hidden_states=bool(self.hidden_layers))
+            yield batch, picked, out, mask
+
     @torch.inference_mode()
     def label_table(self, table: pa.Table) -> tuple[pa.Table, dict]:
+        if self.layout.kind == "qa":
+            return self.label_windows(table)
         tokens = self.layout.kind == "tokens"
         if tokens:
             words = (table.column("tokens").to_pylist() if "tokens" in table.column_names
@@ -89,15 +109,7 @@ class ChunkLabeler:
         n, hidden = len(keep), {k: None for k in self.hidden_layers}
         logits: np.ndarray | list | None = [None] * n if tokens else None
         counted = padded = 0
-        for batch in length_batches([len(ids[i]) for i in keep], self.batch_size):
-            rows = [keep[j] for j in batch]
-            input_ids, mask = pad_batch([ids[i] for i in rows], self.tokenizer.pad_token_id)
-            inputs = {"input_ids": input_ids, "attention_mask": mask}
-            if types is not None:
-                inputs["token_type_ids"] = pad_batch([types[i] for i in rows], 0)[0]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = self.model(**{k: v.to(self.device) for k, v in inputs.items()},
-                                 output_hidden_states=bool(self.hidden_layers))
+        for batch, rows, out, mask in self.forward(ids, types, keep):
             scores = out.logits.float().cpu().numpy()
             if tokens:
                 for b, (j, i) in enumerate(zip(batch, rows)):
@@ -130,6 +142,48 @@ class ChunkLabeler:
         stats = {"rows": table.num_rows, "labelled": n, "tokens": counted, "padded_tokens": padded,
                  "truncated": len(overlong) if self.overlong == "truncate" else 0,
                  "overlong_dropped": len(overlong) if self.overlong == "drop" else 0}
+        return pa.table(columns), stats
+
+    def label_windows(self, table: pa.Table) -> tuple[pa.Table, dict]:
+        """QA: each (question, context) row becomes its windows (``transfer.qa.qa_windows``), one labelled row per
+        window with the teacher's start and end logits over its tokens. Dev windows also carry their answer's
+        token span (``start_positions``/``end_positions``) and their example (``example_id``, ``question``,
+        ``context``, ``answers``), from which the dev score extracts and scores answers."""
+        questions, contexts = table.column("text").to_pylist(), table.column("text_pair").to_pylist()
+        dev = "answers" in table.column_names
+        answers = None
+        if dev:
+            answers = [(starts[0], texts[0]) if texts else None for texts, starts in
+                       zip(table.column("answers").to_pylist(), table.column("answer_starts").to_pylist())]
+        windows = qa_windows(self.tokenizer, questions, contexts, self.max_length, self.layout.stride, answers)
+        ids, types = windows.input_ids, windows.token_type_ids
+        start, end = [None] * len(ids), [None] * len(ids)
+        counted = padded = 0
+        for _, rows, out, mask in self.forward(ids, types, list(range(len(ids)))):
+            s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+            for b, i in enumerate(rows):
+                start[i], end[i] = s[b, :len(ids[i])], e[b, :len(ids[i])]
+            counted += int(mask.sum())
+            padded += mask.numel()
+        examples = table.column("id").to_pylist()
+        nth, seen = [], Counter()  # each window's number within its example
+        for ex in windows.example:
+            nth.append(seen[ex])
+            seen[ex] += 1
+        columns = {"id": pa.array([stable_id("window", f"{examples[ex]}:{k}") for ex, k in zip(windows.example, nth)],
+                                  pa.string()),
+                   "input_ids": ragged(ids, pa.int32())}
+        if types is not None:
+            columns["token_type_ids"] = ragged(types, pa.int8())
+        columns |= span_columns(start, end)
+        if dev:
+            of = pa.array(windows.example, pa.int64())
+            columns |= {"start_positions": pa.array(windows.start_positions, pa.int16()),
+                        "end_positions": pa.array(windows.end_positions, pa.int16()),
+                        "example_id": table.column("id").take(of), "question": table.column("text").take(of),
+                        "context": table.column("text_pair").take(of), "answers": table.column("answers").take(of)}
+        stats = {"rows": table.num_rows, "labelled": len(ids), "tokens": counted, "padded_tokens": padded,
+                 "truncated": 0, "overlong_dropped": 0}
         return pa.table(columns), stats
 
     def tokenize_words(self, words: list[list[str]]) -> tuple[list, list, set[int]]:

@@ -71,11 +71,11 @@ def plan_segments(data: DataConfig, segment_bytes: int) -> list[Segment]:
 def _segment_rows(data: DataConfig, segment: Segment, counts: Counter) -> Iterator[Row]:
     source = data.transfer[segment.source]
     if segment.end is None:
-        return read_source(source, data.pairs, counts)
+        return read_source(source, data.paired, counts)
     with open(source.path, "rb") as f:
         f.seek(segment.start)
         raw = f.read(segment.end - segment.start)
-    return text_rows(decode_lines(io.BytesIO(raw), counts, first=segment.start == 0), data.pairs)
+    return text_rows(decode_lines(io.BytesIO(raw), counts, first=segment.start == 0), data.paired)
 
 
 def clean_segment(data: DataConfig, segment: Segment, dest: str, seed: int | None) -> dict:
@@ -95,7 +95,7 @@ def clean_segment(data: DataConfig, segment: Segment, dest: str, seed: int | Non
         texts.append(text)
         pairs.append(pair)
     columns = {"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())}
-    if data.pairs:
+    if data.paired:
         columns["text_pair"] = pa.array(pairs, pa.string())
     with atomic_path(Path(dest)) as tmp:
         pq.write_table(pa.table(columns), tmp)

@@ -11,11 +11,13 @@ run does nothing.
 
 Output (``<output_dir>/label/data``, schema version 3):
 - ``transfer/*.parquet``: ``id`` (string, content-derived), ``input_ids`` (list<int32>, the teacher tokenizer's
-  ids without padding), ``token_type_ids`` (list<int8>, sentence pairs only), ``logits`` (list<float32>, or
+  ids without padding), ``token_type_ids`` (list<int8>, sentence pairs and QA only), ``logits`` (list<float32>, or
   float16 with ``label.logits_dtype``) and ``hidden_<k>`` (list<float16>: the teacher's [CLS] state after
   layer k, 0 = embeddings) for the layers the hidden-state loss maps to;
 - ``dev/*.parquet``: the same for the dev split plus its ``label``, so stages on teacher targets early-stop on
   a dev loss without running the teacher;
+- token tasks hold per-token logits instead of ``logits``, and QA tasks one row per question + context window
+  with its start and end logits (``distill.token_layout``; the manifest's ``layout``);
 - ``_manifest.json``: teacher (path and content hash), tokenizer (hash), max length, row counts, stored hidden
   layers, cleaning counts, the schema version and the fingerprint of everything that determines the rows.
 """
@@ -124,7 +126,10 @@ def teacher_hashes(teacher_dir: Path) -> dict[str, str]:
 
 
 def label_layout(cfg: XdrayConfig) -> Layout:
-    """What the Parquet holds per row for this source task: sequence logits, or per-token logits."""
+    """What the Parquet holds per row for this source task: sequence logits, per-token logits, or QA windows'
+    start and end logits."""
+    if cfg.data.task == "question_answering":
+        return Layout("qa", num_labels=2, stride=cfg.data.stride)
     if cfg.data.task != "token_classification":
         return Layout()
     tags = AutoConfig.from_pretrained(cfg.teacher_dir).num_labels
@@ -146,13 +151,17 @@ def fingerprint(cfg: XdrayConfig, hashes: dict, hidden: list[int]) -> dict:
 
 def _dev_rows(cfg: XdrayConfig):
     """The dev split, with ids from position and content (dev may repeat a sentence with another label); a
-    token task's rows carry their words and tags."""
-    if cfg.data.task == "token_classification":
+    token task's rows carry their words and tags, a QA task's its question, context and answers."""
+    if cfg.data.task in ("token_classification", "question_answering"):
         from xdray.transfer.tasks import load_task
 
         for i, row in enumerate(load_task(cfg.source_task(), cfg.seed).dev):
-            text = " ".join(row["tokens"])
-            yield stable_id("dev", f"{i}\t{text}"), text, row["tokens"], row["tags"]
+            if "tokens" in row:
+                text = " ".join(row["tokens"])
+                yield stable_id("dev", f"{i}\t{text}"), text, row["tokens"], row["tags"]
+            else:
+                yield (stable_id("dev", f"{i}\t{row['question']}\t{row['context']}"), row["question"], row["context"],
+                       row["answers"], row["answer_starts"])
         return
     _, dev, _ = load_splits(cfg)
     for i, text in enumerate(dev.texts):
@@ -166,7 +175,7 @@ def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
     An empty corpus raises and leaves nothing behind."""
     t0 = time.perf_counter()
     counts: Counter = Counter()
-    columns = ["id", "text", "text_pair"] if cfg.data.pairs else ["id", "text"]
+    columns = ["id", "text", "text_pair"] if cfg.data.paired else ["id", "text"]
     rows = cfg.label.chunk_rows
     try:
         if cfg.label.corpus_segment_mb is None:
@@ -181,6 +190,9 @@ def prepare(cfg: XdrayConfig, work: Path, fp: dict) -> dict:
         if cfg.data.task == "token_classification":
             dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*columns, "tokens", "tags"],
                                {"tokens": pa.list_(pa.string()), "tags": pa.list_(pa.int16())})
+        elif cfg.data.task == "question_answering":
+            dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*columns, "answers", "answer_starts"],
+                               {"answers": pa.list_(pa.string()), "answer_starts": pa.list_(pa.int64())})
         else:
             dev = write_chunks(_dev_rows(cfg), work / "corpus" / "dev", rows, [*columns, "label"], {"label": pa.int64()})
     except BaseException:
@@ -304,9 +316,13 @@ def run_label(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> 
 def _columns(cfg: XdrayConfig, layout: Layout, hidden: list[int]) -> dict[str, str]:
     """The Parquet columns, for the manifest."""
     columns = {"id": "string", "input_ids": "list<int32>"}
-    if cfg.data.pairs:
+    if cfg.data.paired:
         columns["token_type_ids"] = "list<int8>"
-    if layout.kind == "tokens":
+    if layout.kind == "qa":  # one row per window
+        columns |= {"start_logits": "list<float16>", "end_logits": "list<float16>",
+                    "start_positions, end_positions (dev only)": "int16",
+                    "example_id, question, context (dev only)": "string", "answers (dev only)": "list<string>"}
+    elif layout.kind == "tokens":
         columns |= {"token_positions": "list<int16>", "token_logits": "list<float16>"}
         if not layout.lossless:
             columns |= {"token_labels": "list<int16>", "token_lse": "list<float16>"}

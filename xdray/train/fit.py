@@ -18,7 +18,7 @@ from ray.train.torch import TorchTrainer
 
 from xdray.common.files import file_stamp, read_json, replace_dir, staging_dir, write_summary
 from xdray.common.hf import load_classifier
-from xdray.common.tracking import Tracker, tracking_uri
+from xdray.common.tracking import Tracker, pipeline_task, tracking_uri
 from xdray.config import TrainerConfig, XdrayConfig
 from xdray.console import console
 from xdray.data.tables import LabeledSplit, read_labeled
@@ -152,7 +152,7 @@ def finish_classifier(
     trained = export_student(result, model_dir)
     checkpoints = [str(c.path) for c, _ in result.best_checkpoints]
     test, test_metrics = score(model_dir)
-    token = "metric" in test  # scored by a task metric (entity F1): dev accuracy means nothing there
+    token = "metric" in test  # scored by a task metric (entity F1, SQuAD F1): dev accuracy means nothing there
     summary = {
         **test,
         **({} if token else {"dev_accuracy": trained["dev_accuracy"]}),
@@ -176,8 +176,9 @@ def finish_classifier(
                     | ({} if token else {"final_dev_accuracy": summary["dev_accuracy"]}))
     tracker.artifact(run_id, model_dir / "xdray_train.json")
     if log_model:
-        summary["mlflow_model_uri"] = tracker.log_model(
-            run_id, model_dir, examples, task="token-classification" if token else "text-classification")
+        kind = test.get("type", "classification")
+        key = "mlflow_artifact_uri" if kind == "question_answering" else "mlflow_model_uri"  # no QA flavor
+        summary[key] = tracker.log_model(run_id, model_dir, examples, task=pipeline_task(kind))
         if step == "distill" and cfg.mlflow.register and cfg.export is None:  # with an export, its int8 model is
             summary["registered"] = tracker.register(run_id, "model", cfg.mlflow.register)  # the one registered
     shutil.rmtree(model_dir.parent / "scratch", ignore_errors=True)

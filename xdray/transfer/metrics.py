@@ -33,6 +33,9 @@ def split_metric(task: dict, rows: list[dict], tokenizer: PreTrainedTokenizerBas
 
     def metric(logits: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> dict[str, float]:
         per_window = [w for batch in logits for w in batch.float().numpy()]
+        if len(per_window) != len(windows.example):
+            raise ValueError(f"{len(per_window)} windows scored, the split's examples make {len(windows.example)}; "
+                             "the windows were cut with another tokenizer, max_length or stride")
         answers = extract_answers(windows, [w[:, 0] for w in per_window], [w[:, 1] for w in per_window], contexts,
                                   allow_null=task["allow_null"])
         return squad_metrics(answers, [r["answers"] for r in rows])

@@ -20,7 +20,7 @@ from tabulate import tabulate
 
 from xdray.common.files import read_json, write_json, write_summary
 from xdray.common.latency import measure_latency
-from xdray.common.tracking import Tracker
+from xdray.common.tracking import Tracker, pipeline_task
 from xdray.config import StageConfig, TrainerConfig, TransferTask, XdrayConfig
 from xdray.console import console
 from xdray.export.parity import compare_variants, row_length, row_text
@@ -120,9 +120,8 @@ class TaskJob:
             "seconds": round(time.perf_counter() - t0, 1), "history": trained["history"],
             "model_dir": str(model_dir), "run_name": name, "mlflow_run_id": run_id,
         }
-        pipeline = {"token_classification": "token-classification", "question_answering": "question-answering"}
         key = "mlflow_artifact_uri" if data.type == "question_answering" else "mlflow_model_uri"  # no QA flavor
-        summary[key] = tracker.log_model(run_id, model_dir, texts[:2], task=pipeline.get(data.type, "text-classification"))
+        summary[key] = tracker.log_model(run_id, model_dir, texts[:2], task=pipeline_task(data.type))
         tracker.metrics(run_id, {f"test_{k}": v for k, v in test.items() if k != "score"}
                         | {f"test_{k}.{name}": v for name, m in by_language.items() for k, v in m.items()
                            if k != "score"}
