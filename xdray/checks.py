@@ -21,6 +21,15 @@ def pipeline_steps(cfg: XdrayConfig) -> tuple[str, ...]:
 
 def check_inputs(cfg: XdrayConfig, steps: tuple[str, ...]) -> None:
     """Fail before any Ray work when an input of ``steps`` is missing (upstream steps in ``steps`` excused)."""
+    if steps == ("study",):
+        if cfg.study is None:
+            raise ConfigError("study: required for xdray study; fix: add study.sources (see docs/steps/study.md)")
+        for name in cfg.study.sources:
+            try:
+                check_inputs(cfg.source_config(name), ("teacher", "label", "distill", "transfer"))
+            except ConfigError as e:
+                raise ConfigError(f"study.sources.{name}: {e}") from None
+        return
     if "export" in steps:
         _check_export(cfg, steps)
     if "transfer" in steps:

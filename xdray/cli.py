@@ -22,6 +22,7 @@ COMMANDS = {
     "search": "search student architectures with Ray Tune, every trial on the same Parquet",
     "transfer": "fine-tune the distilled student (or any HF encoder) on target tasks: classes, pairs, NER, regression",
     "export": "export a trained model to ONNX fp32 and int8, checked against torch on dev/test, with a latency table",
+    "study": "one student per source task (study.sources) over the same corpus, each fine-tuned on the targets",
 }
 
 
@@ -218,6 +219,10 @@ def _run(command: str, config_path: str, overrides: list[str], verbose: bool) ->
         tracker = Tracker.for_config(cfg)
         if command == "pipeline":
             run_pipeline(cfg, tracker)
+        elif command == "study":
+            from xdray.study import run_study
+
+            run_study(cfg, tracker)
         else:
             run_step(cfg, tracker, command)
             console.line(f"summary: {cfg.step_dir(command) / 'summary.json'}")

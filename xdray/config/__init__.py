@@ -38,6 +38,7 @@ from xdray.config.search import (
     SearchConfig,
     SearchSpace,
 )
+from xdray.config.study import StudyConfig
 from xdray.config.trainer import DeepSpeedConfig, TrainerConfig
 from xdray.config.transfer import GLUE_PRESETS, TASK_FORMATS, TASK_TYPES, TransferConfig, TransferTask
 
@@ -45,7 +46,7 @@ __all__ = [
     "CORPUS_FORMATS", "GLUE_PRESETS", "OBJECTIVES", "REPRESENTATION_LOSSES", "SEARCH_DIMENSIONS", "TASK_FORMATS",
     "TASK_TYPES", "TEACHER_LOSSES", "AshaConfig", "BudgetConfig", "CleaningConfig", "ConfigError", "DataConfig",
     "DeepSpeedConfig", "DistillConfig", "ExportConfig", "ExportLatencyConfig", "Int8Config", "LabelConfig", "LatencyConfig", "LossName", "MlflowConfig", "RayConfig",
-    "RepresentationConfig", "SearchConfig", "SearchSpace", "StageConfig", "StudentConfig", "TeacherConfig",
+    "RepresentationConfig", "SearchConfig", "SearchSpace", "StageConfig", "StudentConfig", "StudyConfig", "TeacherConfig",
     "TrainerConfig", "TransferConfig", "TransferSource", "TransferTask", "XdrayConfig", "load_config", "load_raw",
     "looks_local", "validate_config",
 ]
@@ -89,6 +90,8 @@ class XdrayConfig(Section):
     """Target tasks for ``xdray transfer`` (and the pipeline's last step when present)."""
     export: ExportConfig | None = None
     """``xdray export``: ONNX fp32 + int8 of a trained model (and the pipeline's last step when present)."""
+    study: StudyConfig | None = None
+    """``xdray study``: one student per source task over the same transfer corpora, measured on ``transfer.tasks``."""
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +174,42 @@ class XdrayConfig(Section):
         except ValidationError as e:
             raise ValueError(f"search.space with distill.student gives an invalid student: {one_line(e)}") from None
         return self
+
+    @model_validator(mode="after")
+    def _study_sources_are_configs(self) -> XdrayConfig:
+        """Each source's whole config is valid, up front: a typo in the third source fails before the first runs."""
+        if self.study is None:
+            return self
+        if self.data is None or self.transfer is None or not self.transfer.tasks:
+            raise ValueError("study: needs data (the shared transfer corpora) and transfer.tasks (the targets every "
+                             "student is measured on); fix: add them")
+        for key, value in (("label.teacher", self.label.teacher), ("distill.labels", self.distill.labels),
+                           ("transfer.student", self.transfer.student)):
+            if value is not None:
+                raise ValueError(f"study: {key} names one model or labelled set for every source; fix: remove it "
+                                 "(each source trains its own teacher, labels and student)")
+        for name in self.study.sources:
+            try:
+                self.source_config(name)
+            except (ValidationError, ConfigError) as e:
+                raise ValueError(f"study.sources.{name}: "
+                                 f"{one_line(e) if isinstance(e, ValidationError) else e}") from None
+        return self
+
+    def source_config(self, name: str) -> XdrayConfig:
+        """A study source's own config: this one with ``data`` updated by the source's keys, in
+        ``<output_dir>/sources/<name>``, tracked in this config's MLflow store; its targets leave out the task
+        whose train split is the source's own."""
+        from xdray.common.tracking import tracking_uri
+
+        raw = self.model_dump(mode="json", exclude={"study"})
+        raw["data"] |= self.study.sources[name]
+        raw["output_dir"] = str(self.output_dir / "sources" / name)
+        raw["mlflow"]["tracking_uri"] = tracking_uri(self)
+        train = Path(raw["data"]["train"]).resolve()
+        raw["transfer"]["tasks"] = [t for t in raw["transfer"]["tasks"]
+                                    if t.get("train") is None or Path(t["train"]).resolve() != train]
+        return XdrayConfig.model_validate(raw)
 
     def search_trainer(self) -> DistillConfig:
         return DistillConfig.model_validate({**self.distill.model_dump(), "workers": self.search.workers_per_trial})
