@@ -55,17 +55,18 @@ class Profile:
     corpus_rows: int | None  # general-corpus sentences labelled (a fixed-seed sample); None: all
     source_rows: int | None  # source-task train rows (teacher, label stage)
     target_rows: int | None  # target train rows per fine-tune
-    epochs: int
+    epochs: int  # per fine-tune and per distillation stage
+    hidden_epochs: int  # of the hidden-state stage over the corpus (patience 1)
     trainer: dict = field(default_factory=dict)
     label: dict = field(default_factory=dict)
 
 
 MINILM_BLOCKS = {"hidden": 384, "heads": 12, "intermediate": 1536, "embeddings": "copy"}
 PROFILES = {
-    "cpu": Profile("minilm", {"layers": 3, "init_layers": [1, 3, 5], **MINILM_BLOCKS}, 20_000, 4_000, 1_000, 3,
+    "cpu": Profile("minilm", {"layers": 3, "init_layers": [1, 3, 5], **MINILM_BLOCKS}, 20_000, 4_000, 1_000, 3, 2,
                    {"workers": 2, "cpus_per_worker": 1, "deepspeed": {"zero_stage": 2, "precision": "fp32"}},
                    {"actors": 2, "cpus_per_actor": 1}),
-    "gpu": Profile("mpnet", {"layers": 6, **MINILM_BLOCKS}, None, None, None, 3,
+    "gpu": Profile("mpnet", {"layers": 6, **MINILM_BLOCKS}, None, None, None, 3, 3,
                    {"workers": 1, "cpus_per_worker": 8, "use_gpu": True,
                     "deepspeed": {"zero_stage": 2, "precision": "bf16"}},
                    {"actors": 1, "cpus_per_actor": 8, "gpus_per_actor": 1, "precision": "bf16", "batch_size": 512}),
@@ -108,9 +109,8 @@ def study_config(profile: Profile, data: Data, out: Path) -> dict:
     raw["teacher"] |= {"backbone": str(data.teacher(profile)), **trainer}
     raw["label"] = {**raw.get("label", {}), "batch_size": 64, **profile.label}
     raw["distill"] |= {"student": {**profile.student, "init": f"pretrained:{data.minilm}"}, **trainer}
-    for stage in raw["distill"]["stages"]:
-        if stage["name"] != "logits":  # one epoch per gradual sub-stage
-            stage["epochs"] = profile.epochs
+    for stage in raw["distill"]["stages"]:  # logits: one epoch per gradual sub-stage, as jobs/study.yaml has it
+        stage["epochs"] = {"hidden": profile.hidden_epochs, "labels": profile.epochs}.get(stage["name"], stage["epochs"])
     raw["transfer"] |= {"epochs": profile.epochs, "latency_sentences": 16, **trainer}
     for task in raw["transfer"]["tasks"]:
         task["max_train_rows"] = profile.target_rows
@@ -139,11 +139,22 @@ class Records:
         self.rows.append(row)
 
 
-def runs_wanted(seeds: int) -> list[tuple[str, str, int]]:
+ARMS = tuple(f"distilled/{s}" for s in SOURCES) + BASELINES
+
+
+def runs_wanted(seeds: int, arms: tuple[str, ...] = ARMS) -> list[tuple[str, str, int]]:
     """(arm, task, seed) of every fine-tune, seeds outermost: an interrupted run has every arm at the same seeds."""
-    arms = [f"distilled/{s}" for s in SOURCES] + list(BASELINES)
     return [(arm, task, seed) for seed in range(seeds) for arm in arms for task in TARGETS
             if OWN_TASK.get(arm.removeprefix("distilled/")) != task]
+
+
+def chosen_arms(spec: str) -> tuple[str, ...]:
+    """``--arms``: arm names, or the groups ``distilled`` and ``baselines``, comma-separated."""
+    groups = {"distilled": ARMS[:len(SOURCES)], "baselines": BASELINES, "all": ARMS}
+    arms = [a for part in spec.split(",") for a in groups.get(part.strip(), (part.strip(),))]
+    if bad := [a for a in arms if a not in ARMS]:
+        raise SystemExit(f"--arms: unknown arm {bad[0]!r}; fix: choose from {', '.join(ARMS)}, distilled, baselines")
+    return tuple(dict.fromkeys(arms))
 
 
 def baseline_student(profile: Profile, data: Data, out: Path, arm: str) -> Path:
@@ -175,10 +186,11 @@ def record_of(arm: str, task: str, seed: int, result: dict) -> dict:
             "params": result["params"]["total"], "seconds": result["seconds"]}
 
 
-def run_profile(profile: Profile, data: Data, out: Path, records: Records, seeds: int) -> dict[str, Path]:
+def run_profile(profile: Profile, data: Data, out: Path, records: Records, seeds: int,
+                arms: tuple[str, ...] = ARMS) -> dict[str, Path]:
     """Every fine-tune not yet recorded; returns the arms' starting checkpoints at hand (the baselines always, they
     are cheap to build; the distilled students when this session distilled them)."""
-    wanted = [w for w in runs_wanted(seeds) if records.get(arm=w[0], task=w[1], seed=w[2]) is None]
+    wanted = [w for w in runs_wanted(seeds, arms) if records.get(arm=w[0], task=w[1], seed=w[2]) is None]
     students = {arm: data.teacher(profile) if arm == "teacher" else baseline_student(profile, data, out, arm)
                 for arm in BASELINES}
     study = study_config(profile, data, out)
@@ -221,7 +233,7 @@ def measure_latency(students: dict[str, Path], data: Data, records: Records, rou
 def summarise(records: Records, seeds: int) -> list[dict]:
     """One row per arm and task with every seed recorded: mean ± std of the test score."""
     rows = []
-    for arm in [f"distilled/{s}" for s in SOURCES] + list(BASELINES):
+    for arm in ARMS:
         for task in TARGETS:
             runs = [records.get(arm=arm, task=task, seed=s) for s in range(seeds)]
             if None in runs:
@@ -284,13 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default outputs/bench/agnostic-<profile>")
     parser.add_argument("--results", type=Path, default=None, help="default bench/results/agnostic-<profile>.jsonl")
     parser.add_argument("--no-prepare", action="store_true", help="the sets are in --data already")
+    parser.add_argument("--arms", default="all", help="arms to run now (distilled, baselines or names; the "
+                        "table holds every recorded arm): a session too short for the whole profile runs a part")
     args = parser.parse_args(argv)
     profile, data = PROFILES[args.profile], Data(args.data.resolve())
     out = (args.out or Path("outputs/bench") / f"agnostic-{args.profile}").resolve()
     records = Records(args.results or Path(__file__).parent / "results" / f"agnostic-{args.profile}.jsonl")
     if not args.no_prepare:
         prepare(data, profile)
-    students = run_profile(profile, data, out, records, args.seeds)
+    students = run_profile(profile, data, out, records, args.seeds, chosen_arms(args.arms))
     measure_latency(students, data, records)
     rows = summarise(records, args.seeds)
     for row in rows:

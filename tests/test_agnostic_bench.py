@@ -43,6 +43,11 @@ def test_both_profiles_make_a_valid_study_with_their_shapes(tmp_path):
     wanted = agnostic.runs_wanted(3)
     assert len(wanted) == 3 * (5 + 4 + 3 * 5) and wanted[0][2] == 0 and wanted[-1][2] == 2  # seeds outermost
     assert ("distilled/bible", "paraphrase", 0) not in wanted
+    assert {a for a, _, _ in agnostic.runs_wanted(1, agnostic.chosen_arms("baselines,distilled/movies"))} == {
+        "undistilled", "random", "teacher", "distilled/movies"}
+    with pytest.raises(SystemExit, match="--arms: unknown arm 'distilled/news'"):
+        agnostic.chosen_arms("distilled/news")
+    assert [s.epochs for s in cpu.distill.stages] == [2, 1, 3] and [s.epochs for s in gpu.distill.stages] == [3, 1, 3]
 
 
 def fake_result(score: float, params: int = 1000) -> dict:
