@@ -7,7 +7,6 @@ run, because runs are written from the driver, from Ray Train rank 0 and from Tu
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,11 +25,7 @@ VERSION_TAG = "xdray.version"  # the code that wrote the run: on a cluster, the 
 
 def tracking_uri(cfg: XdrayConfig) -> str:
     """The config's URI, else MLflow's own MLFLOW_TRACKING_URI, else a SQLite store in the output directory."""
-    return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _local_store(cfg)
-
-
-def _local_store(cfg: XdrayConfig) -> str:
-    return f"sqlite:///{cfg.output_dir / 'mlflow.db'}"
+    return cfg.mlflow_uri
 
 
 def experiment_id(client: MlflowClient, cfg: XdrayConfig) -> str:
@@ -39,7 +34,7 @@ def experiment_id(client: MlflowClient, cfg: XdrayConfig) -> str:
         return exp.experiment_id
     # with a local store, artifacts go beside it (absolute: every process has its own working directory);
     # with a server, the server decides where artifacts live
-    location = (cfg.output_dir / "mlartifacts").as_uri() if tracking_uri(cfg) == _local_store(cfg) else None
+    location = (cfg.output_dir / "mlartifacts").as_uri() if tracking_uri(cfg) == cfg.local_store else None
     return client.create_experiment(cfg.mlflow.experiment, artifact_location=location)
 
 

@@ -8,6 +8,7 @@ because Ray workers run in other directories.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -200,12 +201,10 @@ class XdrayConfig(Section):
         """A study source's own config: this one with ``data`` updated by the source's keys, in
         ``<output_dir>/sources/<name>``, tracked in this config's MLflow store; its targets leave out the task
         whose train split is the source's own."""
-        from xdray.common.tracking import tracking_uri
-
         raw = self.model_dump(mode="json", exclude={"study"})
         raw["data"] |= self.study.sources[name]
         raw["output_dir"] = str(self.output_dir / "sources" / name)
-        raw["mlflow"]["tracking_uri"] = tracking_uri(self)
+        raw["mlflow"]["tracking_uri"] = self.mlflow_uri
         train = Path(raw["data"]["train"]).resolve()
         raw["transfer"]["tasks"] = [t for t in raw["transfer"]["tasks"]
                                     if t.get("train") is None or Path(t["train"]).resolve() != train]
@@ -223,6 +222,16 @@ class XdrayConfig(Section):
         """Whether any distillation (distill or a search schedule) trains with the hidden loss."""
         stages = [s for stages in self.search_schedules().values() for s in stages] + list(self.distill.stages)
         return any("hidden" in s.loss for s in stages)
+
+    @property
+    def mlflow_uri(self) -> str:
+        """``mlflow.tracking_uri``, else MLflow's own MLFLOW_TRACKING_URI, else ``local_store``."""
+        return self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or self.local_store
+
+    @property
+    def local_store(self) -> str:
+        """The MLflow store without a tracking URI: SQLite in the output directory."""
+        return f"sqlite:///{self.output_dir / 'mlflow.db'}"
 
     def step_dir(self, step: str) -> Path:
         return self.output_dir / step
