@@ -51,7 +51,11 @@ class Layout:
         return self.num_labels if self.lossless else self.top_k
 
     def describe(self) -> dict:
-        return asdict(self) | {"lossless": self.lossless}
+        """The manifest's ``layout`` (the stride only for QA, where it says how the windows were cut)."""
+        entry = asdict(self) | {"lossless": self.lossless}
+        if self.kind != "qa":
+            del entry["stride"]
+        return entry
 
     @classmethod
     def read(cls, entry: dict | None) -> Layout:
