@@ -17,11 +17,13 @@ Profiles:
   gpu  one H100/H200: the MPNet-base teacher, the whole corpus, an L6-H384 student (all of MiniLM-L6), bf16,
        full target splits.
 Every finished fine-tune is one line of ``--results`` (default ``bench/results/agnostic-<profile>.jsonl``, kept
-in git), and a rerun skips what is there: the profile spans sessions on machines that keep nothing else.
+in git), and a rerun skips what is there: the profile spans sessions on machines that keep nothing else. A
+distilled arm needs its source's whole study (teacher, labels, student) in one session, so ``--arms`` runs part of
+a profile: ``--arms baselines`` run by run, ``--arms distilled/movies`` one source's study and its seeds.
 Prints one JSON line per arm and task (``arm``, ``source``, ``task``, ``metric``, ``mean``, ``std``, ``params``)
 and writes ``agnostic-<profile>.md`` (params, speedup, one column per target, average) next to the results.
 
-    python bench/agnostic.py --profile cpu|gpu [--seeds 3] [--data data] [--out DIR] [--results FILE]
+    python bench/agnostic.py --profile cpu|gpu [--seeds 3] [--arms all] [--data data] [--out DIR] [--results FILE]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from quality import run
 from transfer import wait_for_idle_cpu
 
+from xdray.common.files import read_summary
 from xdray.common.latency import cpu_latency_ms
 from xdray.common.tracking import Tracker, tracking_uri
 from xdray.config import StudentConfig, load_raw, validate_config
@@ -99,10 +102,11 @@ class Data:
         return value
 
 
-def study_config(profile: Profile, data: Data, out: Path) -> dict:
-    """``jobs/study.yaml`` (both sources over the general corpus, the five targets) with the profile's teacher,
+def study_config(profile: Profile, data: Data, out: Path, sources: tuple[str, ...] = SOURCES) -> dict:
+    """``jobs/study.yaml`` (its ``sources`` over the general corpus, the five targets) with the profile's teacher,
     student, row caps and hardware."""
     raw = data.rebase(load_raw(STUDY_JOB))
+    raw["study"]["sources"] = {name: raw["study"]["sources"][name] for name in sources}
     trainer = profile.trainer
     raw |= {"output_dir": str(out / "study"), "mlflow": mlflow(out)}
     raw["data"] |= {"max_train_rows": profile.source_rows, "max_transfer_rows": profile.corpus_rows}
@@ -186,6 +190,13 @@ def record_of(arm: str, task: str, seed: int, result: dict) -> dict:
             "params": result["params"]["total"], "seconds": result["seconds"]}
 
 
+def source_record(source: str, result: dict, sub) -> dict:
+    """A source's teacher and student on the source task, and what each of its steps cost (seconds)."""
+    return {"kind": "source", "source": source, "teacher_test": result["teacher_test"],
+            "student_test": result["student_test"], "student_params": result["student_params"],
+            "seconds": {step: read_summary(sub, step)["seconds"] for step in ("teacher", "label", "distill", "transfer")}}
+
+
 def run_profile(profile: Profile, data: Data, out: Path, records: Records, seeds: int,
                 arms: tuple[str, ...] = ARMS) -> dict[str, Path]:
     """Every fine-tune not yet recorded; returns the arms' starting checkpoints at hand (the baselines always, they
@@ -193,16 +204,19 @@ def run_profile(profile: Profile, data: Data, out: Path, records: Records, seeds
     wanted = [w for w in runs_wanted(seeds, arms) if records.get(arm=w[0], task=w[1], seed=w[2]) is None]
     students = {arm: data.teacher(profile) if arm == "teacher" else baseline_student(profile, data, out, arm)
                 for arm in BASELINES}
-    study = study_config(profile, data, out)
-    if any(arm.startswith("distilled/") for arm, _, _ in wanted):
+    sources = tuple(s for s in SOURCES if any(arm == f"distilled/{s}" for arm, _, _ in wanted))
+    study = study_config(profile, data, out, sources or SOURCES)
+    if sources:  # only the sources still wanted: on 2 cores one source's study is most of a session
         from xdray.study import run_study
 
         cfg = validate_config(study)
         summary = run_study(cfg, Tracker(tracking_uri(cfg)))
-        for source in SOURCES:
+        for source in sources:
             students[f"distilled/{source}"] = Path(summary["sources"][source]["student_dir"])
             sub = cfg.source_config(source)
-            done = json.loads((sub.step_dir("transfer") / "summary.json").read_text())["tasks"]
+            if records.get(kind="source", source=source) is None:
+                records.add(source_record(source, summary["sources"][source], sub))
+            done = read_summary(sub, "transfer")["tasks"]
             for task, result in done.items():  # the study's own fine-tunes are seed 0 (cfg.seed)
                 if records.get(arm=f"distilled/{source}", task=task, seed=cfg.seed) is None:
                     records.add(record_of(f"distilled/{source}", task, cfg.seed, result))
@@ -264,6 +278,11 @@ def markdown(rows: list[dict], records: Records, profile_name: str, seeds: int) 
         lines.append(f"| {arm} | {params:.1f}M | {speed} | " + " | ".join(cells) + f" | {average:.1f} |")
     metrics = ", ".join(f"{t} {next(r['metric'] for r in rows if r['task'] == t)}" for t in TARGETS
                         if any(r["task"] == t for r in rows))
+    for r in records.rows:
+        if r.get("kind") == "source":
+            cost = ", ".join(f"{step} {seconds:,.0f} s" for step, seconds in r["seconds"].items())
+            lines.append(f"\nsource {r['source']}: teacher {r['teacher_test'] * 100:.1f}, student "
+                         f"{r['student_test'] * 100:.1f} on its own test ({cost})")
     return ("\n".join(lines) + f"\n\n(profile {profile_name}, {seeds} seed(s); test {metrics}; average over "
             f"{', '.join(common)}; speedup = teacher ms / arm ms per sentence, batch 1, 1 CPU thread)\n")
 

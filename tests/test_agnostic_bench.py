@@ -47,6 +47,8 @@ def test_both_profiles_make_a_valid_study_with_their_shapes(tmp_path):
         "undistilled", "random", "teacher", "distilled/movies"}
     with pytest.raises(SystemExit, match="--arms: unknown arm 'distilled/news'"):
         agnostic.chosen_arms("distilled/news")
+    one = validate_config(agnostic.study_config(agnostic.PROFILES["cpu"], data, tmp_path / "out", ("bible",)))
+    assert list(one.study.sources) == ["bible"]  # a session too short for both runs one source's study
     assert [s.epochs for s in cpu.distill.stages] == [2, 1, 3] and [s.epochs for s in gpu.distill.stages] == [3, 1, 3]
 
 
@@ -61,6 +63,9 @@ def test_recorded_runs_are_skipped_and_tabled_like_the_paper(tmp_path):
         records.add(agnostic.record_of(arm, task, seed, fake_result(score, 2000 if arm == "teacher" else 1000)))
     records.add({"kind": "latency", "arm": "teacher", "ms": 10.0})
     records.add({"kind": "latency", "arm": "distilled/movies", "ms": 5.0})
+    records.add({"kind": "source", "source": "movies", "teacher_test": 0.87, "student_test": 0.84,
+                 "student_params": 1000, "seconds": {"teacher": 100.0, "label": 50.0, "distill": 1200.0,
+                                                     "transfer": 300.0}})
     again = agnostic.Records(tmp_path / "r.jsonl")  # a later session reads what is there
     assert len(again.rows) == len(records.rows) and again.get(arm="random", task="spam", seed=1)["score"] == 0.51
     rows = agnostic.summarise(again, 2)
@@ -75,6 +80,8 @@ def test_recorded_runs_are_skipped_and_tabled_like_the_paper(tmp_path):
     assert "(source)" in bible and bible.endswith("| 50.5 |")  # averaged over the 4 targets every arm has
     assert next(line for line in table if line.startswith("| distilled/movies")).split(" | ")[2] == "2.0x"
     assert "average over wordnet_verbs, vader_tweets, spam, wnut16;" in table[-1]
+    assert "source movies: teacher 87.0, student 84.0 on its own test (teacher 100 s, label 50 s, distill 1,200 s, " \
+        "transfer 300 s)" in table
 
 
 def test_the_baselines_are_minilms_blocks_as_initialised_and_random(tmp_path):
