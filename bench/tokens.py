@@ -13,8 +13,9 @@ seeds, same student:
 Entity-level F1 (seqeval) on test.
 
 Prints one JSON line per arm (``arm``, ``task``, ``metric``, ``mean``, ``std``, ``params``; the teacher's too),
-one for (b) − (a), one with the labelled Parquet's size per stored token, and writes ``tokens.md``. A rerun reuses
-finished runs. ``--quick``: one seed, fewer transfer tweets.
+one for (b) − (a), one per labels layout (first sub-word float16, its top-3, every token) with the Parquet's size
+per stored token, and writes ``tokens.md``. A rerun reuses finished runs. ``--quick``: one seed, fewer transfer
+tweets.
 
     python bench/tokens.py [--quick] [--seeds 3] [--out DIR]
 """
@@ -41,6 +42,8 @@ STUDENT = {"layers": 3, "hidden": 384, "heads": 12, "intermediate": 320, "init":
 TRAIN = {"workers": 2, "cpus_per_worker": 1, "batch_size": 16, "lr": 3.0e-4,
          "deepspeed": {"zero_stage": 2, "precision": "fp32"}}
 MAX_LENGTH = 64
+LAYOUTS = {"first_subword_top3": {"token_top_k": 3}, "all_tokens": {"token_positions": "all"}}
+"""The labels' other layouts, measured beside the float16 first-sub-word one the arms distil from."""
 
 
 def arms(epochs: int) -> dict[str, tuple[list[dict], str]]:
@@ -113,15 +116,13 @@ def main(argv: list[str] | None = None) -> int:
                      "share_of_teacher": round(means[arm] / means["teacher"], 4)})
     rows.append({"arm": "progressive-labels", "task": "wnut16", "metric": "f1_delta",
                  "mean": round(means["progressive"] - means["labels"], 4)})
-    manifest = json.loads((shared.labels_dir / "_manifest.json").read_text())
-    layout = Layout.read(manifest["layout"])
-    transfer = pq.read_table(shared.labels_dir / "transfer")
-    parquet = sum(f.stat().st_size for f in (shared.labels_dir / "transfer").glob("*.parquet"))
-    stored = sum(len(p) for p in transfer.column("token_positions").to_pylist())
-    sizes = {"arm": "labels-parquet", "layout": layout.describe(), "rows": transfer.num_rows, "stored_tokens": stored,
-             "arrow_bytes_per_token": round(bytes_per_token(transfer, layout), 2),
-             "parquet_bytes_per_token": round(parquet / max(stored, 1), 2), "parquet_bytes": parquet}
-    for row in [*rows, sizes]:
+    sizes = [label_sizes(shared.labels_dir, "first_subword")]
+    for name, extra in LAYOUTS.items():  # the same teacher and tweets in the other layouts: their cost per token
+        raw = {**base, "output_dir": str(out / "layouts" / name),
+               "label": {**base["label"], **extra, "teacher": str(shared.teacher_dir)}}
+        run(raw, "label")
+        sizes.append(label_sizes(validate_config(raw).labels_dir, name))
+    for row in [*rows, *sizes]:
         print(json.dumps(row), flush=True)
     table = out / "tokens.md"
     table.write_text(markdown(rows, seeds, share, sizes, args.quick))
@@ -129,7 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def markdown(rows: list[dict], seeds: int, share: float, sizes: dict, quick: bool) -> str:
+def label_sizes(labels_dir: Path, name: str) -> dict:
+    """The transfer Parquet's size per stored token (Parquet on disk, every column; Arrow: the teacher's outputs)."""
+    layout = Layout.read(json.loads((labels_dir / "_manifest.json").read_text())["layout"])
+    transfer = pq.read_table(labels_dir / "transfer")
+    parquet = sum(f.stat().st_size for f in (labels_dir / "transfer").glob("*.parquet"))
+    stored = sum(len(p) for p in transfer.column("token_positions").to_pylist())
+    return {"arm": "labels-parquet", "name": name, "layout": layout.describe(), "rows": transfer.num_rows,
+            "stored_tokens": stored, "arrow_bytes_per_token": round(bytes_per_token(transfer, layout), 2),
+            "parquet_bytes_per_token": round(parquet / max(stored, 1), 2), "parquet_bytes": parquet}
+
+
+def markdown(rows: list[dict], seeds: int, share: float, sizes: list[dict], quick: bool) -> str:
     teacher = rows[0]["mean"]
     lines = [f"WNUT-16 NER (entity F1 on test), {'quick' if quick else 'full'}, {seeds} seed(s); student L3-H384 "
              f"from teacher blocks, FFN 320 ({share:.0%} of the teacher's encoder FLOPs per token).", "",
@@ -139,8 +151,10 @@ def markdown(rows: list[dict], seeds: int, share: float, sizes: dict, quick: boo
             spread = f" ± {r['std']:.1%}" if r["std"] else ""
             lines.append(f"| {r['arm']} | {r['params'] / 1e6:.2f}M | {r['mean']:.1%}{spread} | {r['mean'] / teacher:.1%} |")
     delta = next(r["mean"] for r in rows if r["metric"] == "f1_delta")
-    lines += ["", f"(b) − (a): {delta:+.1%} F1. Labels: {sizes['stored_tokens']:,} stored tokens, "
-              f"{sizes['parquet_bytes_per_token']} Parquet bytes per token ({sizes['arrow_bytes_per_token']} in Arrow)."]
+    lines += ["", f"(b) − (a): {delta:+.1%} F1.", "", "| labels layout | stored tokens | Parquet bytes per token | "
+              "Arrow bytes per token | lossless |", "|---|---|---|---|---|"]
+    lines += [f"| {s['name']} | {s['stored_tokens']:,} | {s['parquet_bytes_per_token']} | "
+              f"{s['arrow_bytes_per_token']} | {s['layout']['lossless']} |" for s in sizes]
     return "\n".join(lines) + "\n"
 
 
