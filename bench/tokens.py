@@ -17,7 +17,7 @@ one for (b) − (a), one per labels layout (first sub-word float16, its top-3, e
 per stored token, and writes ``tokens.md``. A rerun reuses finished runs. ``--quick``: one seed, fewer transfer
 tweets.
 
-    python bench/tokens.py [--quick] [--seeds 3] [--out DIR]
+    python bench/tokens.py [--quick] [--seeds 3] [--layouts-only] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 from quality import encoder_flops, out_dir, run
 from transformers import AutoConfig
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4, help="most epochs per stage (early stopping on dev)")
     parser.add_argument("--tokens", type=Path, default=Path("data/tokens"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--layouts-only", action="store_true",
+                        help="the teacher and its labels in every layout, no student: what each layout costs")
     args = parser.parse_args(argv)
     seeds = 1 if args.quick else args.seeds
     out = out_dir(args.out, "tokens", args.quick)
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"arm": "teacher", "task": "wnut16", "metric": "f1", "mean": round(teacher["test"]["f1"], 4), "std": 0.0,
              "seeds": 1, "params": teacher["params"]["total"]}]
     means = {"teacher": teacher["test"]["f1"]}
-    for arm, (stages, mode) in arms(args.epochs).items():
+    for arm, (stages, mode) in ({} if args.layouts_only else arms(args.epochs)).items():
         results = []
         for seed in range(seeds):
             distill = {**base["distill"], "stages": stages, "labels": str(shared.labels_dir), "teacher_mode": mode}
@@ -114,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                      "std": round(statistics.stdev(f1), 4) if len(f1) > 1 else 0.0, "seeds": seeds,
                      "params": results[0]["params"]["total"], "encoder_flops_share": round(share, 3),
                      "share_of_teacher": round(means[arm] / means["teacher"], 4)})
-    rows.append({"arm": "progressive-labels", "task": "wnut16", "metric": "f1_delta",
-                 "mean": round(means["progressive"] - means["labels"], 4)})
+    if not args.layouts_only:
+        rows.append({"arm": "progressive-labels", "task": "wnut16", "metric": "f1_delta",
+                     "mean": round(means["progressive"] - means["labels"], 4)})
     sizes = [label_sizes(shared.labels_dir, "first_subword")]
     for name, extra in LAYOUTS.items():  # the same teacher and tweets in the other layouts: their cost per token
         raw = {**base, "output_dir": str(out / "layouts" / name),
@@ -136,9 +140,16 @@ def label_sizes(labels_dir: Path, name: str) -> dict:
     transfer = pq.read_table(labels_dir / "transfer")
     parquet = sum(f.stat().st_size for f in (labels_dir / "transfer").glob("*.parquet"))
     stored = sum(len(p) for p in transfer.column("token_positions").to_pylist())
-    return {"arm": "labels-parquet", "name": name, "layout": layout.describe(), "rows": transfer.num_rows,
-            "stored_tokens": stored, "arrow_bytes_per_token": round(bytes_per_token(transfer, layout), 2),
-            "parquet_bytes_per_token": round(parquet / max(stored, 1), 2), "parquet_bytes": parquet}
+    sizes = {"arm": "labels-parquet", "name": name, "layout": layout.describe(), "rows": transfer.num_rows,
+             "stored_tokens": stored, "arrow_bytes_per_token": round(bytes_per_token(transfer, layout), 2),
+             "parquet_bytes_per_token": round(parquet / max(stored, 1), 2), "parquet_bytes": parquet}
+    if not layout.lossless:  # what top-k leaves in the "rest" bucket: the teacher's probability off the k labels
+        k = layout.top_k
+        top = np.concatenate([np.asarray(x, np.float32) for x in transfer.column("token_logits").to_pylist()])
+        lse = np.concatenate([np.asarray(x, np.float32) for x in transfer.column("token_lse").to_pylist()])
+        rest = 1.0 - np.exp(top.reshape(-1, k) - lse[:, None]).sum(-1)
+        sizes |= {"rest_mass_mean": round(float(rest.mean()), 6), "rest_mass_max": round(float(rest.max()), 6)}
+    return sizes
 
 
 def markdown(rows: list[dict], seeds: int, share: float, sizes: list[dict], quick: bool) -> str:
@@ -150,11 +161,12 @@ def markdown(rows: list[dict], seeds: int, share: float, sizes: list[dict], quic
         if r["metric"] == "f1":
             spread = f" ± {r['std']:.1%}" if r["std"] else ""
             lines.append(f"| {r['arm']} | {r['params'] / 1e6:.2f}M | {r['mean']:.1%}{spread} | {r['mean'] / teacher:.1%} |")
-    delta = next(r["mean"] for r in rows if r["metric"] == "f1_delta")
-    lines += ["", f"(b) − (a): {delta:+.1%} F1.", "", "| labels layout | stored tokens | Parquet bytes per token | "
-              "Arrow bytes per token | lossless |", "|---|---|---|---|---|"]
+    delta = next((f"{r['mean']:+.1%} F1" for r in rows if r["metric"] == "f1_delta"), "no students run")
+    lines += ["", f"(b) − (a): {delta}.", "", "| labels layout | stored tokens | Parquet bytes per token | "
+              "Arrow bytes per token | teacher probability off the stored labels (mean / max) |", "|---|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['stored_tokens']:,} | {s['parquet_bytes_per_token']} | "
-              f"{s['arrow_bytes_per_token']} | {s['layout']['lossless']} |" for s in sizes]
+              f"{s['arrow_bytes_per_token']} | {s.get('rest_mass_mean', 0):.2e} / {s.get('rest_mass_max', 0):.2e} |"
+              for s in sizes]
     return "\n".join(lines) + "\n"
 
 
