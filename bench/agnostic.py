@@ -41,7 +41,7 @@ from transfer import wait_for_idle_cpu
 from xdray.common.files import read_summary
 from xdray.common.latency import cpu_latency_ms
 from xdray.common.tracking import Tracker, tracking_uri
-from xdray.config import StudentConfig, load_raw, validate_config
+from xdray.config import StudentConfig, XdrayConfig, load_raw, validate_config
 
 SOURCES = ("movies", "bible")
 TARGETS = ("wordnet_verbs", "vader_tweets", "spam", "wnut16", "paraphrase")
@@ -190,7 +190,7 @@ def record_of(arm: str, task: str, seed: int, result: dict) -> dict:
             "params": result["params"]["total"], "seconds": result["seconds"]}
 
 
-def source_record(source: str, result: dict, sub) -> dict:
+def source_record(source: str, result: dict, sub: XdrayConfig) -> dict:
     """A source's teacher and student on the source task, and what each of its steps cost (seconds)."""
     return {"kind": "source", "source": source, "teacher_test": result["teacher_test"],
             "student_test": result["student_test"], "student_params": result["student_params"],

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from quality import encoder_flops, out_dir, run
 from transformers import AutoConfig
@@ -139,14 +140,14 @@ def label_sizes(labels_dir: Path, name: str) -> dict:
     layout = Layout.read(json.loads((labels_dir / "_manifest.json").read_text())["layout"])
     transfer = pq.read_table(labels_dir / "transfer")
     parquet = sum(f.stat().st_size for f in (labels_dir / "transfer").glob("*.parquet"))
-    stored = sum(len(p) for p in transfer.column("token_positions").to_pylist())
+    stored = pc.sum(pc.list_value_length(transfer.column("token_positions"))).as_py() or 0
     sizes = {"arm": "labels-parquet", "name": name, "layout": layout.describe(), "rows": transfer.num_rows,
              "stored_tokens": stored, "arrow_bytes_per_token": round(bytes_per_token(transfer, layout), 2),
              "parquet_bytes_per_token": round(parquet / max(stored, 1), 2), "parquet_bytes": parquet}
     if not layout.lossless:  # what top-k leaves in the "rest" bucket: the teacher's probability off the k labels
         k = layout.top_k
-        top = np.concatenate([np.asarray(x, np.float32) for x in transfer.column("token_logits").to_pylist()])
-        lse = np.concatenate([np.asarray(x, np.float32) for x in transfer.column("token_lse").to_pylist()])
+        top, lse = (pc.list_flatten(transfer.column(n)).to_numpy().astype(np.float32) for n in ("token_logits",
+                                                                                                  "token_lse"))
         rest = 1.0 - np.exp(top.reshape(-1, k) - lse[:, None]).sum(-1)
         sizes |= {"rest_mass_mean": round(float(rest.mean()), 6), "rest_mass_max": round(float(rest.max()), 6)}
     return sizes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,6 @@ def pytest_unconfigure(config):
     fresh-clone `make test` passed all 290 tests and then died of SIGSEGV in that teardown (native threads of the
     libraries the in-process tests load: Ray's driver, DeepSpeed, ONNX Runtime, MLflow), which turned a green run
     red. Each CLI's own exit is tested in a subprocess (tests/test_label.py, tests/test_cluster.py)."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(getattr(config, "xdray_exitstatus", 0))
