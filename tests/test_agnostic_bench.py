@@ -58,7 +58,7 @@ def fake_result(score: float, params: int = 1000) -> dict:
 
 def test_recorded_runs_are_skipped_and_tabled_like_the_paper(tmp_path):
     records = agnostic.Records(tmp_path / "r.jsonl")
-    for i, (arm, task, seed) in enumerate(agnostic.runs_wanted(2)):
+    for arm, task, seed in agnostic.runs_wanted(2):
         score = 0.5 + 0.1 * (arm == "distilled/movies") + 0.01 * seed
         records.add(agnostic.record_of(arm, task, seed, fake_result(score, 2000 if arm == "teacher" else 1000)))
     records.add({"kind": "latency", "arm": "teacher", "ms": 10.0})
