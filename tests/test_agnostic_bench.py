@@ -58,7 +58,7 @@ def fake_result(score: float, params: int = 1000) -> dict:
 
 def test_recorded_runs_are_skipped_and_tabled_like_the_paper(tmp_path):
     records = agnostic.Records(tmp_path / "r.jsonl")
-    for i, (arm, task, seed) in enumerate(agnostic.runs_wanted(2)):
+    for arm, task, seed in agnostic.runs_wanted(2):
         score = 0.5 + 0.1 * (arm == "distilled/movies") + 0.01 * seed
         records.add(agnostic.record_of(arm, task, seed, fake_result(score, 2000 if arm == "teacher" else 1000)))
     records.add({"kind": "latency", "arm": "teacher", "ms": 10.0})
@@ -82,6 +82,20 @@ def test_recorded_runs_are_skipped_and_tabled_like_the_paper(tmp_path):
     assert "average over wordnet_verbs, vader_tweets, spam, wnut16;" in table[-1]
     assert "source movies: teacher 87.0, student 84.0 on its own test (teacher 100 s, label 50 s, distill 1,200 s, " \
         "transfer 300 s)" in table
+
+
+def test_table_only_prints_what_is_recorded_and_runs_nothing(tmp_path, capsys):
+    records = agnostic.Records(tmp_path / "r.jsonl")
+    for arm, task, seed in agnostic.runs_wanted(1, ("undistilled", "random")):
+        records.add(agnostic.record_of(arm, task, seed, fake_result(0.5 + 0.1 * (arm == "undistilled"))))
+    before = records.path.read_text()
+    out = tmp_path / "out"
+    assert agnostic.main(["--profile", "cpu", "--seeds", "1", "--table-only", "--results", str(records.path),
+                          "--out", str(out), "--data", str(tmp_path / "no-data")]) == 0
+    printed = capsys.readouterr()
+    assert len(printed.out.splitlines()) == 2 * len(agnostic.TARGETS)  # one JSON line per arm and task
+    assert "| undistilled | 0.0M |  | 60.0 ± 0.0 |" in printed.err and "| random |" in printed.err
+    assert not out.exists() and records.path.read_text() == before and not records.path.with_suffix(".md").exists()
 
 
 def test_the_baselines_are_minilms_blocks_as_initialised_and_random(tmp_path):

@@ -12,12 +12,12 @@ from transformers import AutoModel, AutoModelForSequenceClassification, BertConf
 
 from xdray.config import StageConfig, StudentConfig
 from xdray.distill import losses as L
+from xdray.distill.architectures import param_counts
 from xdray.distill.batches import model_inputs
 from xdray.distill.objective import DistillModule, Objective, teacher_targets
 from xdray.distill.schedule import Data, TorchBackend, expand_stages, run_schedule
-from xdray.distill.units import block_units, param_groups, set_trainable
-from xdray.distill.architectures import param_counts
 from xdray.distill.student import build_student, pca_compress, spread_layers
+from xdray.distill.units import block_units, param_groups, set_trainable
 from xdray.errors import XdrayError
 
 
@@ -127,8 +127,12 @@ def test_relations_objective_reads_queries_keys_values_of_any_encoder_family(fam
     """The teacher's top-layer Q/K/V (BERT/MPNet/DistilBERT name them differently) against the student's top
     block, 4 relation heads across 12 → 2 attention heads: gradients reach the student's top Q/K/V only
     through this loss."""
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification, MPNetConfig, \
-        MPNetForSequenceClassification
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        MPNetConfig,
+        MPNetForSequenceClassification,
+    )
 
     torch.manual_seed(0)
     if family == "mpnet":
@@ -329,7 +333,7 @@ def _tiny_learning_problem(seed=0):
 
     def batches(n, offset):
         out = []
-        for b in range(n):
+        for _ in range(n):
             labels = torch.randint(0, 2, (16,), generator=g)
             ids = torch.randint(4, 45, (16, 6), generator=g) + 45 * labels[:, None].clamp(max=1) * (
                 torch.rand(16, 6, generator=g) < 0.7)
@@ -424,7 +428,7 @@ def test_progressive_run_improves_dev_loss_and_restores_the_best_dev_epoch():
     for record in history:
         by_phase.setdefault(record["stage"], []).append(record)
     # every phase ends on its best dev epoch (restored), and the representation and logit stages improved dev loss
-    for name, records in by_phase.items():
+    for records in by_phase.values():
         best = records[-1]["best_epoch"]
         key = "dev_accuracy" if records[0]["monitor"] == "dev_accuracy" else "dev_loss"
         values = [r[key] for r in records]

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
 
 from xdray.config import StudentConfig
-from xdray.distill.batches import accuracy, collate, length_sorted_batches
 from xdray.distill.architectures import param_counts
+from xdray.distill.batches import accuracy, collate, length_sorted_batches
 from xdray.distill.student import build_student, pca_compress
 
 

@@ -14,9 +14,9 @@ from transformers import BertConfig, BertModel
 
 from xdray.config import StageConfig, StudentConfig
 from xdray.distill.objective import DistillModule, Objective
-from xdray.distill.units import set_trainable, unit_parameters
-from xdray.distill.student import build_student
 from xdray.distill.schedule import Data, expand_stages, run_schedule
+from xdray.distill.student import build_student
+from xdray.distill.units import set_trainable, unit_parameters
 from xdray.train.engine import DeepSpeedBackend, TrainSpec, build_engine
 
 

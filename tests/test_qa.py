@@ -28,6 +28,7 @@ FILLER = "the film had a long plot and the cast was there for the story"
 CONTEXT = f"{FILLER} . {FILLER} . the ending was written by anna maria lopez in paris . {FILLER} . {FILLER} ."
 QUESTION = "who wrote the ending"
 ANSWER = "anna maria lopez"
+ANSWER_START = CONTEXT.index(ANSWER)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def tokenizer(tmp_path_factory):
     return AutoTokenizer.from_pretrained(build_tiny_backbone(tmp_path_factory.mktemp("qa"), [CONTEXT, QUESTION] + words))
 
 
-def windows_of(tokenizer, answers=((CONTEXT.index(ANSWER), ANSWER),)):
+def windows_of(tokenizer, answers=((ANSWER_START, ANSWER),)):
     return qa_windows(tokenizer, [QUESTION], [CONTEXT], max_length=32, stride=8, answers=list(answers))
 
 

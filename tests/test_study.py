@@ -93,8 +93,8 @@ def studied(ray_local, tiny_task, tmp_path_factory):
 def test_a_study_distils_one_student_per_source_and_measures_each_on_the_targets(studied):
     from mlflow.tracking import MlflowClient
 
-    from xdray.common.tracking import tracking_uri
     from xdray.cli import main
+    from xdray.common.tracking import tracking_uri
 
     job, summary = studied
     movies, pairs = summary["sources"]["movies"], summary["sources"]["pairs"]

@@ -10,7 +10,6 @@ from pydantic import Field, field_validator, model_validator
 
 from xdray.config.base import Section
 
-
 CORPUS_FORMATS = ("text", "jsonl", "csv", "tsv", "parquet", "hf_disk")
 _SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
              ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}

@@ -9,7 +9,6 @@ from pydantic import Field, field_validator, model_validator
 from xdray.config.base import Section
 from xdray.config.distill import StageConfig
 
-
 SEARCH_DIMENSIONS = ("layers", "hidden", "heads", "ffn_ratio", "embedding_factor", "lr", "schedule")
 OBJECTIVES = {"dev_accuracy": "max", "latency_ms": "min", "params": "min"}
 

@@ -11,7 +11,6 @@ from xdray.config.base import Section, unique_names
 from xdray.config.data import check_test_names
 from xdray.config.trainer import TrainerConfig
 
-
 TASK_TYPES = ("classification", "pair_classification", "token_classification", "regression", "question_answering")
 GLUE_PRESETS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 QA_PRESETS = ("squad", "squad_v2")

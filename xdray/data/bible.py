@@ -17,6 +17,7 @@ import html
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from xdray.data.debian import fetch_deb
@@ -191,6 +192,25 @@ def osis_to_text(osis: str) -> str:
     return _tidy(parts)
 
 
+def _slot_reader(slots: list[tuple], blocks: list[tuple], bzz: bytes) -> Callable[[int], str]:
+    """The OSIS text of one verse slot, decompressing each block once."""
+    cache: dict[int, bytes] = {}
+
+    def entry(i: int) -> str:
+        block, offset, size = slots[i]
+        if size == 0:
+            return ""
+        if block not in cache:
+            start, csize, _ = blocks[block]
+            cache[block] = zlib.decompress(bzz[start:start + csize])
+        text = cache[block][offset:offset + size].decode("utf-8")
+        # Matter after a book's closing <div> (WEB's glossary, after Rev 22:21) is not verse.
+        end = _BOOK_END.search(text)
+        return text[:end.start()] if end else text
+
+    return entry
+
+
 def read_sword_ztext(module_dir: str | Path) -> dict[Key, str]:
     """Read a SWORD zText Bible module with NRSVA versification (e.g. engWEB2015eb).
 
@@ -217,20 +237,7 @@ def read_sword_ztext(module_dir: str | Path) -> dict[Key, str]:
         if len(slots) != expected:
             raise XdrayError(f"{module_dir}/{testament}.bzv has {len(slots)} verse slots where NRSVA needs "
                              f"{expected}: not the engWEB2015eb module this reader knows; {_FIX}")
-        cache: dict[int, bytes] = {}
-
-        def entry(i: int) -> str:
-            block, offset, size = slots[i]
-            if size == 0:
-                return ""
-            if block not in cache:
-                start, csize, _ = blocks[block]
-                cache[block] = zlib.decompress(bzz[start:start + csize])
-            text = cache[block][offset:offset + size].decode("utf-8")
-            # Matter after a book's closing <div> (WEB's glossary, after Rev 22:21) is not verse.
-            end = _BOOK_END.search(text)
-            return text[:end.start()] if end else text
-
+        entry = _slot_reader(slots, blocks, bzz)
         i = 2
         for book, chapters in books:
             i += 1  # book heading / introduction

@@ -12,7 +12,6 @@ from transformers import PreTrainedTokenizerBase
 from xdray.distill.losses import IGNORE_INDEX
 from xdray.distill.token_layout import Layout, span_targets, token_targets
 
-
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 

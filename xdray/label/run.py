@@ -44,10 +44,10 @@ from xdray.config import XdrayConfig
 from xdray.console import console
 from xdray.data.tables import load_splits
 from xdray.distill.losses import layer_map
+from xdray.distill.token_layout import Layout
 from xdray.errors import XdrayError
 from xdray.label.corpus import chunk_name, clean_rows, stable_id, write_chunks
 from xdray.label.labeler import ChunkLabeler
-from xdray.distill.token_layout import Layout
 from xdray.label.parallel import parallel_chunks
 
 SCHEMA_VERSION = 3

@@ -22,8 +22,8 @@ from transformers import AutoConfig, AutoTokenizer
 from xdray.common.files import file_stamp, replace_dir, staging_dir, write_json, write_summary
 from xdray.common.tracking import Tracker
 from xdray.config import OBJECTIVES, XdrayConfig
-from xdray.console import console
 from xdray.config.space import candidate, every_candidate, stages, to_params
+from xdray.console import console
 from xdray.distill.prune import corpus_pieces
 from xdray.distill.run import check_student_fits, source_data, student_data
 from xdray.errors import XdrayError

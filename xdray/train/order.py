@@ -127,7 +127,10 @@ def plan_epoch(blocks: Blocks, seed: int | Sequence[int], epoch: int, rank: int,
         window_of.append(np.full(len(local), w))
         position.append(rng.permutation(local))
     n = rows // batch_size * batch_size
-    flat = (lambda parts: np.concatenate(parts)[:n] if parts else np.zeros(0, np.int64))
+
+    def flat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts)[:n] if parts else np.zeros(0, np.int64)
+
     return EpochPlan(windows, flat(window_of), flat(position), batch_size)
 
 

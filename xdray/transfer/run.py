@@ -31,6 +31,7 @@ from xdray.transfer.model import load_saved, task_loss
 from xdray.transfer.role import TransferRole
 from xdray.transfer.tasks import TaskData, load_task
 
+
 def run_transfer(cfg: XdrayConfig, tracker: Tracker, parent: str | None = None) -> dict:
     tc, student = cfg.transfer, cfg.transfer_student
     t0 = time.perf_counter()
