@@ -272,8 +272,8 @@ def markdown(rows: list[dict], records: Records, profile_name: str, seeds: int) 
     for arm in arms:
         mine = {r["task"]: r for r in rows if r["arm"] == arm}
         speed = (f"{latency['teacher'] / latency[arm]:.1f}x" if "teacher" in latency and arm in latency else "")
-        cells = [f"{mine[t]['mean'] * 100:.1f} ± {mine[t]['std'] * 100:.1f}" if t in mine else "(source)"
-                 for t in TARGETS]
+        cells = [f"{mine[t]['mean'] * 100:.1f}" + (f" ± {mine[t]['std'] * 100:.1f}" if seeds > 1 else "")
+                 if t in mine else "(source)" for t in TARGETS]
         average = statistics.mean(mine[t]["mean"] for t in common) * 100 if common else float("nan")
         params = next(iter(mine.values()))["params"] / 1e6
         lines.append(f"| {arm} | {params:.1f}M | {speed} | " + " | ".join(cells) + f" | {average:.1f} |")
