@@ -370,6 +370,13 @@ def test_a_phase_that_only_hurts_dev_keeps_its_starting_weights():
     history = run_schedule(backend, phases, objective_for, _data(teacher, flipped, dev, objective_for), lr=1e-2)
     assert history[-1]["best_epoch"] == -1
     assert all(torch.equal(kept[k], v) for k, v in module.state_dict().items())
+    # the step's console line says so (a Bible-pair study's corpus stages did this unnoticed, 2026-12-07)
+    from xdray.pipeline import headline  # the driver's module (Ray's imports); the rest of this file needs none
+
+    summary = {"test_accuracy": 0.5, "params": {"total": 10**6}, "history": history}
+    assert headline("distill", summary).endswith("1.00M params · kept the starting weights (no epoch better on "
+                                                 "dev): labels")
+    assert headline("distill", summary | {"history": history[:-1]}).endswith("1.00M params")
 
 
 def test_freezing_really_freezes_and_unfreezes_top_down():

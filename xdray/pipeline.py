@@ -67,10 +67,10 @@ def run_step(cfg: XdrayConfig, tracker: Tracker, step: str, parent: str | None =
 
 def headline(step: str, summary: dict) -> str:
     """A step's result in one line."""
-    if step in ("teacher", "distill") and "metric" in summary:  # a token task's: scored as transfer tasks are
-        return f"test {summary['metric']} {summary['test']['score']:.3f}, {summary['params']['total'] / 1e6:.2f}M params"
     if step in ("teacher", "distill"):
-        return f"test accuracy {summary['test_accuracy']:.1%}, {summary['params']['total'] / 1e6:.2f}M params"
+        score = (f"test {summary['metric']} {summary['test']['score']:.3f}" if "metric" in summary  # a token task's
+                 else f"test accuracy {summary['test_accuracy']:.1%}")
+        return f"{score}, {summary['params']['total'] / 1e6:.2f}M params{unchanged_stages(summary)}"
     if step == "label":
         return (f"{summary['rows']:,} rows ({summary['dev_rows']:,} dev) with the teacher's outputs in "
                 f"{summary['data']}" + ("" if summary.get("up_to_date") else f", {summary['rows_per_s']:,.0f} rows/s"))
@@ -86,6 +86,14 @@ def headline(step: str, summary: dict) -> str:
         return (f"ONNX fp32 within {summary['onnx_max_abs_diff']:.1e} of torch; int8 test score {int8:.3f} "
                 f"(fp32 {fp32:.3f}), {ms:.2f} ms/sentence{faster}")
     return ", ".join(f"{name} test {r['metric']} {r['test']['score']:.3f}" for name, r in summary["tasks"].items())
+
+
+def unchanged_stages(summary: dict) -> str:
+    """The distillation stages that changed nothing: no epoch beat the weights they started from on dev, so those
+    were kept (a stage whose data does not fit the source's dev set, e.g. single-sentence corpus logits for a
+    sentence-pair source). Said on the step's line, as it is easy to miss in the history."""
+    kept = [r["stage"] for r in summary.get("history", []) if r.get("best_epoch") == -1]
+    return f" · kept the starting weights (no epoch better on dev): {', '.join(kept)}" if kept else ""
 
 
 def run_pipeline(cfg: XdrayConfig, tracker: Tracker) -> dict:
