@@ -247,13 +247,15 @@ def measure_latency(students: dict[str, Path], data: Data, records: Records, rou
 
 
 def summarise(records: Records, seeds: int) -> list[dict]:
-    """One row per arm and task with every seed recorded: mean ± std of the test score."""
+    """One row per arm and task, for the arms with all their fine-tunes recorded (every target at every seed; a
+    half-done arm would shrink the targets the table averages over): mean ± std of the test score."""
     rows = []
     for arm in ARMS:
-        for task in TARGETS:
-            runs = [records.get(arm=arm, task=task, seed=s) for s in range(seeds)]
-            if None in runs:
-                continue
+        done = {(task, seed): records.get(arm=arm, task=task, seed=seed) for _, task, seed in runs_wanted(seeds, (arm,))}
+        if None in done.values():
+            continue
+        for task in dict.fromkeys(task for task, _ in done):
+            runs = [done[task, seed] for seed in range(seeds)]
             scores = [r["score"] for r in runs]
             rows.append({"arm": arm, "source": arm.removeprefix("distilled/") if "/" in arm else None, "task": task,
                          "metric": runs[0]["metric"], "mean": round(statistics.mean(scores), 4),
