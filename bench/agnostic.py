@@ -270,12 +270,12 @@ def markdown(rows: list[dict], records: Records, profile_name: str, seeds: int) 
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     common = [t for t in TARGETS if all(any(r["arm"] == a and r["task"] == t for r in rows) for a in arms)]
     speed = records.get(kind="speed")
+    student_speedup = f"{speed['teacher_ms'] / speed['student_ms']:.1f}x" if speed else ""
     lines = ["| arm | params | speedup | " + " | ".join(TARGETS) + " | average |",
              "|---|---|---|" + "---|" * len(TARGETS) + "---|"]
     for arm in arms:
         mine = {r["task"]: r for r in rows if r["arm"] == arm}
-        ratio = 1.0 if arm == "teacher" else speed and speed["teacher_ms"] / speed["student_ms"]
-        speedup = f"{ratio:.1f}x" if speed else ""
+        speedup = ("1.0x" if speed else "") if arm == "teacher" else student_speedup
         cells = [f"{mine[t]['mean'] * 100:.1f}" + (f" ± {mine[t]['std'] * 100:.1f}" if seeds > 1 else "")
                  if t in mine else "(source)" for t in TARGETS]
         average = statistics.mean(mine[t]["mean"] for t in common) * 100 if common else float("nan")
