@@ -3,7 +3,9 @@ distilled over a general corpus, then fine-tuned on tasks it never saw.
 
 Sources (``xdray study``, ``study.sources``): the VADER movie sentiment task (``xdray data samples``) and KJV↔WEB
 Bible paraphrase detection (``xdray data paraphrase``, a sentence-pair task). Corpus: the general English corpus
-(``xdray data general-corpus``, 387k sentences, every target's dev/test held out). Targets, each fine-tuned with
+(``xdray data general-corpus``, 387k sentences, every target's dev/test held out); the Bible source reads the
+same corpus as pairs, each sampled sentence with its nearest neighbour (``--pairs``, ``study.transfer_pairs``).
+Targets, each fine-tuned with
 ``xdray transfer``: WordNet verb supersenses, VADER tweet ratings (regression, Pearson), SpamAssassin spam,
 WNUT-16 NER (entity F1) and the paraphrase task (not for the Bible source: it is its own task).
 Arms, same targets, splits, seeds and fine-tuning settings:
@@ -307,7 +309,7 @@ def prepare(data: Data, profile: Profile) -> None:
                      ("paraphrase", prepare_paraphrase), ("spam", prepare_spam)):
         fn(data.root / name)
         held_out.append(data.root / name)
-    prepare_general_corpus(data.root / "general", held_out)
+    prepare_general_corpus(data.root / "general", held_out, pairs=profile.corpus_rows or "all")  # as many rows
     if profile.teacher == "mpnet":
         prepare_teachers(data.root / "teachers", ["mpnet-base"])
 

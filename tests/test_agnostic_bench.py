@@ -39,7 +39,8 @@ def test_both_profiles_make_a_valid_study_with_their_shapes(tmp_path):
         movies, bible = (cfg.source_config(s) for s in agnostic.SOURCES)
         assert [t.name for t in movies.transfer.tasks] == list(agnostic.TARGETS)
         assert [t.name for t in bible.transfer.tasks] == [t for t in agnostic.TARGETS if t != "paraphrase"]
-        assert bible.data.pairs and bible.data.transfer == movies.data.transfer  # one corpus for every source
+        assert bible.data.pairs and [s.path for s in bible.data.transfer] == [tmp_path / "general" / "pairs.txt"]
+        assert movies.data.transfer == cfg.data.transfer  # one corpus: the pair source reads it as pairs
     wanted = agnostic.runs_wanted(3)
     assert len(wanted) == 3 * (5 + 4 + 3 * 5) and wanted[0][2] == 0 and wanted[-1][2] == 2  # seeds outermost
     assert ("distilled/bible", "paraphrase", 0) not in wanted

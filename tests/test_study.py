@@ -33,6 +33,14 @@ def pair_source(root, n: int = 120) -> dict:
     return paths | {"pairs": True}
 
 
+def corpus_pairs(task: dict, root):
+    """The tiny corpus as ``sentence<TAB>next sentence`` lines: what a pair source reads (``study.transfer_pairs``)."""
+    lines = task["transfer"].read_text().splitlines()
+    path = root / "pairs.txt"
+    path.write_text("".join(f"{a}\t{b}\n" for a, b in zip(lines, lines[1:])))
+    return path
+
+
 def study_config(task: dict, root) -> dict:
     targets = write_tasks(root, {"train": 96, "dev": 32, "test": 32})
     movies = {k: str(task[k]) for k in ("train", "dev", "test")}
@@ -44,7 +52,8 @@ def study_config(task: dict, root) -> dict:
                             {"name": "labels", "data": "train", "loss": "ce", "epochs": 1}], **ONE_WORKER},
         transfer={"epochs": 1, "lr": 3.0e-3, "latency_sentences": 4, **ONE_WORKER,
                   "tasks": [targets["reg"], own]},
-        study={"sources": {"movies": movies, "pairs": pair_source(root)}},
+        study={"sources": {"movies": movies, "pairs": pair_source(root)},
+               "transfer_pairs": [str(corpus_pairs(task, root))]},
     )
 
 
@@ -58,6 +67,9 @@ def test_study_configs_are_checked_per_source_in_one_line(tiny_task, tmp_path, c
     assert [t.name for t in movies.transfer.tasks] == ["reg"]  # its own task is no transfer
     assert [t.name for t in pairs.transfer.tasks] == ["reg", "movies"]
     assert movies.data.transfer == cfg.data.transfer and movies.mlflow.tracking_uri == pairs.mlflow.tracking_uri
+    assert [s.path for s in pairs.data.transfer] == [tmp_path / "pairs.txt"]  # the pair source reads the pairs
+    with pytest.raises(ConfigError, match=r"study.transfer_pairs: no source sets pairs: true, .*; fix"):
+        validate_config({**raw, "study": {**raw["study"], "sources": {"movies": raw["study"]["sources"]["movies"]}}})
     assert movies.mlflow.tracking_uri.endswith(f"{cfg.output_dir}/mlflow.db")  # one store for the whole study
     bad = {**raw, "study": {"sources": {"pairs": {**raw["study"]["sources"]["pairs"], "transfer": ["x.txt"]}}}}
     with pytest.raises(ConfigError, match=r"study.sources.pairs.transfer: a source sets only its labeled task"):
@@ -109,7 +121,10 @@ def test_a_study_distils_one_student_per_source_and_measures_each_on_the_targets
     for name in ("movies", "pairs"):  # each source has its own teacher, labels and student
         sub = cfg.source_config(name)
         assert (sub.teacher_dir / "config.json").is_file() and (sub.labels_dir / "_manifest.json").is_file()
-        assert json.loads((sub.labels_dir / "_manifest.json").read_text())["pairs"] == (name == "pairs")
+        manifest = json.loads((sub.labels_dir / "_manifest.json").read_text())
+        assert manifest["pairs"] == (name == "pairs")
+        read = cfg.study.transfer_pairs if name == "pairs" else cfg.data.transfer  # the pair source: its pairs
+        assert [s["path"] for s in manifest["sources"]] == [str(s.path) for s in read]
     client = MlflowClient(tracking_uri(cfg))
     children = client.search_runs([client.get_experiment_by_name("xdray-test").experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{summary['mlflow_run_id']}'")

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     general.add_argument("--held-out", dest="held_out", action="append", type=Path, metavar="DIR",
                          help="task directory whose dev/test texts must stay out (repeatable; default: "
                               "data/samples, data/transfer, data/tokens, data/paraphrase, data/spam where present)")
+    general.add_argument("--pairs", metavar="N",
+                         help="also write pairs.txt: N sentences (or all), each with its nearest corpus neighbour "
+                              "(TF-IDF), the corpus a sentence-pair source task labels")
     return parser
 
 
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.data_command == "spam":
                 return _spam(args.dir)
             if args.data_command == "general-corpus":
-                return _general_corpus(args.dir, args.held_out)
+                return _general_corpus(args.dir, args.held_out, args.pairs)
             if args.data_command == "multilingual":
                 return _multilingual(args.dir, [x for x in args.languages.split(",") if x.strip()])
             return _samples(args.dir)
@@ -177,15 +180,22 @@ def _spam(directory: Path) -> int:
     return 0
 
 
-def _general_corpus(directory: Path, held_out: list[Path] | None) -> int:
+def _general_corpus(directory: Path, held_out: list[Path] | None, pairs: str | None) -> int:
     from xdray.data.general_corpus import prepare_general_corpus
 
-    manifest = prepare_general_corpus(directory, held_out)
+    if pairs is not None and pairs != "all" and not (pairs.isdigit() and int(pairs) > 0):
+        raise XdrayError(f"--pairs {pairs}: not a number of pairs; fix: give one of at least 1 (e.g. --pairs 20000) "
+                         "or all")
+    manifest = prepare_general_corpus(directory, held_out, pairs if pairs in (None, "all") else int(pairs))
     sources = ", ".join(f"{name} {c.get('kept', 0):,}" for name, c in manifest["sources"].items())
     held = manifest["held_out"]
     print(f"general corpus ready in {directory}: {manifest['sentences']:,} sentences ({sources}); "
           f"{manifest['dropped_held_out']:,} dropped as dev/test text of {len(held['files'])} held-out files in "
           f"{', '.join(held['directories']) or 'no directory'}")
+    if pairs is not None:
+        made = manifest["pairs"]
+        print(f"sentence pairs ready in {directory / 'pairs.txt'}: {made['rows']:,} (nearest neighbour by TF-IDF, "
+              f"median cosine {made['similarity']['median']})")
     return 0
 
 

@@ -119,7 +119,7 @@ class XdrayConfig(Section):
             for task in self.transfer.tasks if self.transfer else ():
                 if getattr(task, key) is not None:
                     object.__setattr__(task, key, getattr(task, key).expanduser().resolve())
-        for source in d.transfer if d is not None else ():
+        for source in [*(d.transfer if d is not None else ()), *(self.study.transfer_pairs if self.study else ())]:
             if source.path is not None:
                 object.__setattr__(source, "path", source.path.expanduser().resolve())
         if self.label.teacher is not None:
@@ -189,6 +189,9 @@ class XdrayConfig(Section):
             if value is not None:
                 raise ValueError(f"study: {key} names one model or labelled set for every source; fix: remove it "
                                  "(each source trains its own teacher, labels and student)")
+        if self.study.transfer_pairs and not any(keys.get("pairs") for keys in self.study.sources.values()):
+            raise ValueError("study.transfer_pairs: no source sets pairs: true, so none would read it; fix: set "
+                             "pairs: true on the sentence-pair source, or remove transfer_pairs")
         for name in self.study.sources:
             try:
                 self.source_config(name)
@@ -198,11 +201,13 @@ class XdrayConfig(Section):
         return self
 
     def source_config(self, name: str) -> XdrayConfig:
-        """A study source's own config: this one with ``data`` updated by the source's keys, in
-        ``<output_dir>/sources/<name>``, tracked in this config's MLflow store; its targets leave out the task
-        whose train split is the source's own."""
+        """A study source's own config: this one with ``data`` updated by the source's keys (and a pair source's
+        corpus by ``study.transfer_pairs``), in ``<output_dir>/sources/<name>``, tracked in this config's MLflow
+        store; its targets leave out the task whose train split is the source's own."""
         raw = self.model_dump(mode="json", exclude={"study"})
         raw["data"] |= self.study.sources[name]
+        if raw["data"].get("pairs") and self.study.transfer_pairs:
+            raw["data"]["transfer"] = [s.model_dump(mode="json") for s in self.study.transfer_pairs]
         raw["output_dir"] = str(self.output_dir / "sources" / name)
         raw["mlflow"]["tracking_uri"] = self.mlflow_uri
         train = Path(raw["data"]["train"]).resolve()

@@ -72,6 +72,13 @@ class CleaningConfig(Section):
     """Rows longer than ``data.max_length`` tokens: truncated to it, or dropped."""
 
 
+def bare_paths(value: Any) -> Any:
+    """A list of transfer sources from YAML's short forms: one source, or bare paths."""
+    if isinstance(value, (str, Path, dict)):
+        value = [value]
+    return [{"path": v} if isinstance(v, (str, Path)) else v for v in value] if isinstance(value, list) else value
+
+
 TEST_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -124,9 +131,7 @@ class DataConfig(Section):
     @field_validator("transfer", mode="before")
     @classmethod
     def _bare_paths(cls, value: Any) -> Any:
-        if isinstance(value, (str, Path, dict)):
-            value = [value]
-        return [{"path": v} if isinstance(v, (str, Path)) else v for v in value] if isinstance(value, list) else value
+        return bare_paths(value)
 
     @field_validator("tests")
     @classmethod

@@ -40,9 +40,9 @@ One typed tree (`xdray/config/`, pydantic) for every command; `jobs/quickstart.y
 - **Overrides.** `--set` takes dotted keys and YAML values, on every command:
   `--set distill.workers=1 --set distill.stages.0.epochs=3` (list items by index).
 - **Paths.** Relative paths are resolved against the current directory when the config loads (`output_dir`,
-  `data.train`/`dev`/`test`, `data.transfer[].path`, `label.teacher`, `distill.labels`, the transfer tasks'
-  files, and `teacher.backbone` / `transfer.student` when they name a local directory), because Ray workers
-  and Tune trials run in other directories. `xdray submit` ships the config *raw* (with `--set` applied), so
+  `data.train`/`dev`/`test`, `data.transfer[].path`, `study.transfer_pairs[].path`, `label.teacher`,
+  `distill.labels`, the transfer tasks' files, and `teacher.backbone` / `transfer.student` when they name a
+  local directory), because Ray workers and Tune trials run in other directories. `xdray submit` ships the config *raw* (with `--set` applied), so
   on a cluster they resolve there.
 - **What a config must hold.** `output_dir`, and either `data` + `teacher` (distillation: teacher, label,
   distill, search, pipeline) or `transfer` (fine-tune any encoder, no distillation), or both. The distillation

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from xdray.config.base import Section
-from xdray.config.data import TEST_NAME
+from xdray.config.data import TEST_NAME, TransferSource, bare_paths
 
 SOURCE_KEYS = ("task", "train", "dev", "test", "tests", "pairs", "max_length", "stride", "max_train_rows")
 """What a source may set in ``data``: its labeled task. The transfer corpora (and their cleaning) are the study's
@@ -24,6 +24,16 @@ class StudyConfig(Section):
     sources: dict[str, dict[str, Any]] = Field(min_length=1)
     """Source name → the ``data`` keys it sets (``train``, ``dev``, ``test``, and ``pairs``, ``task``, ...), e.g.
     ``{movies: {train: ..., dev: ..., test: ...}, bible: {train: ..., dev: ..., test: ..., pairs: true}}``."""
+
+    transfer_pairs: list[TransferSource] = []
+    """What a sentence-pair source (``pairs: true``) reads in place of ``data.transfer``: the same corpus as
+    pairs, e.g. ``data/general/pairs.txt`` (``xdray data general-corpus --pairs N``). A pair teacher's logits for
+    a lone sentence carry none of its task; empty: every source reads ``data.transfer``."""
+
+    @field_validator("transfer_pairs", mode="before")
+    @classmethod
+    def _bare_paths(cls, value: Any) -> Any:
+        return bare_paths(value)
 
     @field_validator("sources")
     @classmethod

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from xdray.common.files import atomic_path, write_json
 from xdray.data.bible import bibles
+from xdray.data.corpus_pairs import nearest_pairs
 from xdray.data.debian import fetch_deb
 from xdray.data.gcide import gcide_sentences
 from xdray.data.multilingual import MO_PACKAGES, read_catalogues, read_help
@@ -109,8 +110,8 @@ def _sources(cache: Path, versions: dict[str, str]) -> dict[str, Callable[[], It
             "messages": messages, "vader": vader}
 
 
-def prepare_general_corpus(out: Path, held_out: list[Path] | None = None) -> dict:
-    """Create (or confirm) ``out/corpus.txt``; returns the manifest."""
+def prepare_general_corpus(out: Path, held_out: list[Path] | None = None, pairs: int | str | None = None) -> dict:
+    """Create (or confirm) ``out/corpus.txt`` and, with ``pairs``, ``out/pairs.txt``; returns the manifest."""
     held_dirs = [Path(d) for d in (held_out if held_out is not None else DEFAULT_HELD_OUT) if Path(d).is_dir()]
     files = held_out_files(held_dirs)
     manifest_path = out / "MANIFEST.json"
@@ -118,8 +119,9 @@ def prepare_general_corpus(out: Path, held_out: list[Path] | None = None) -> dic
         manifest = json.loads(manifest_path.read_text())
         if [{k: f[k] for k in ("path", "size", "mtime_ns")} for f in manifest.get("held_out", {}).get("files", [])] \
                 == [_stamp(path) for path in files]:
-            return manifest
+            return _with_pairs(out, manifest, pairs)
         manifest_path.unlink()
+    (out / "pairs.txt").unlink(missing_ok=True)  # pairs of an older corpus
     held, held_files = held_out_texts(files)
     versions: dict[str, str] = {}
     seen: set[str] = set()
@@ -152,4 +154,18 @@ def prepare_general_corpus(out: Path, held_out: list[Path] | None = None) -> dic
                      "messages": "their packages' licences (GPL/LGPL/MIT)", "vader": "MIT"},
     }
     write_json(manifest_path, manifest)
+    return _with_pairs(out, manifest, pairs)
+
+
+def _with_pairs(out: Path, manifest: dict, pairs: int | str | None) -> dict:
+    """``manifest``, after writing ``pairs.txt`` (and its manifest entry) unless it already holds ``pairs`` rows."""
+    if pairs is None or (manifest.get("pairs", {}).get("requested") == pairs and (out / "pairs.txt").is_file()):
+        return manifest
+    sentences = (out / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    found, stats = nearest_pairs(sentences, None if pairs == "all" else pairs, SHUFFLE_SEED)
+    with atomic_path(out / "pairs.txt") as tmp:
+        tmp.write_text("".join(f"{a}\t{b}\n" for a, b in found), encoding="utf-8")
+    manifest = {**manifest, "pairs": {"requested": pairs, **stats},
+                "files": {**manifest["files"], "pairs": "pairs.txt"}}
+    write_json(out / "MANIFEST.json", manifest)
     return manifest
