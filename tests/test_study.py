@@ -124,7 +124,7 @@ def test_a_study_distils_one_student_per_source_and_measures_each_on_the_targets
         manifest = json.loads((sub.labels_dir / "_manifest.json").read_text())
         assert manifest["pairs"] == (name == "pairs")
         read = cfg.study.transfer_pairs if name == "pairs" else cfg.data.transfer  # the pair source: its pairs
-        assert [s["path"] for s in manifest["sources"]] == [str(s.path) for s in read]
+        assert [s["path"] for s in manifest["fingerprint"]["sources"]] == [str(s.path) for s in read]
     client = MlflowClient(tracking_uri(cfg))
     children = client.search_runs([client.get_experiment_by_name("xdray-test").experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{summary['mlflow_run_id']}'")
