@@ -42,8 +42,8 @@ One typed tree (`xdray/config/`, pydantic) for every command; `jobs/quickstart.y
 - **Paths.** Relative paths are resolved against the current directory when the config loads (`output_dir`,
   `data.train`/`dev`/`test`, `data.transfer[].path`, `study.transfer_pairs[].path`, `label.teacher`,
   `distill.labels`, the transfer tasks' files, and `teacher.backbone` / `transfer.student` when they name a
-  local directory), because Ray workers and Tune trials run in other directories. `xdray submit` ships the config *raw* (with `--set` applied), so
-  on a cluster they resolve there.
+  local directory), because Ray workers and Tune trials run in other directories. `xdray submit` ships the
+  config *raw* (with `--set` applied), so on a cluster they resolve there.
 - **What a config must hold.** `output_dir`, and either `data` + `teacher` (distillation: teacher, label,
   distill, search, pipeline) or `transfer` (fine-tune any encoder, no distillation), or both. The distillation
   steps refuse to run without `data` and `teacher`, in one line.
